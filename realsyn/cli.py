@@ -1,0 +1,160 @@
+"""The `realsyn` command line: one thin function per command, no logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+import yaml
+
+from realsyn import pipeline
+from realsyn.config import Config, ConfigError, load_config, to_yaml
+from realsyn.io.readers import InputError
+from realsyn.models.registry import ModelError
+from realsyn.runtime.context import Context
+from realsyn.runtime.executor import make_executor
+from realsyn.runtime.progress import set_quiet
+from realsyn.runtime.workspace import Workspace
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn interleaved image-text documents into CLIP pre-training data (RealSyn).")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: WORK/config.yaml if present, else built-in defaults).")
+SetOpt = typer.Option(None, "--set", help="Override one config value, e.g. --set extract.docs_per_part=16 (repeatable).")
+ExecOpt = typer.Option(None, "--executor", help="local or ray (overrides runtime.executor).")
+WorkersOpt = typer.Option(None, "--workers", help="Worker processes (overrides runtime.workers; 0 = one per core).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder.")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"realsyn: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"--set takes KEY=VALUE, got '{pair}'")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _context(work: Path, config: Path | None, sets: list[str] | None, executor: str | None,
+             workers: int | None, quiet: bool, inputs: list[Path] | None = None) -> Context:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    set_quiet(quiet)
+    if config is None and (work / "config.yaml").exists():
+        config = work / "config.yaml"
+    overrides = _overrides(sets)
+    if executor is not None:
+        overrides["runtime.executor"] = executor
+    if workers is not None:
+        overrides["runtime.workers"] = workers
+    cfg = load_config(config, overrides)
+    for p in inputs or []:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+    ws = Workspace(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers), list(inputs or []))
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run `fn`, turning the errors a user can fix into a one-line message and exit status 2."""
+    try:
+        return fn()
+    except (ConfigError, InputError, ModelError, pipeline.PipelineError) as exc:
+        _fail(str(exc))
+
+
+def _run(inputs: list[Path] | None, out: Path, until: str | None, config: Path | None,
+         sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool) -> None:
+    def go() -> None:
+        if until is not None and until not in pipeline.NAMES:
+            _fail(f"unknown stage '{until}'; stages: {', '.join(pipeline.NAMES)}")
+        ctx = _context(out, config, sets, executor, workers, quiet, inputs)
+        with ctx.executor:
+            counts = pipeline.run(ctx, until)
+        typer.echo(json.dumps(counts, indent=2))
+
+    _guard(go)
+
+
+@app.command()
+def run(inputs: List[Path] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders)."),
+        out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
+        config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+        executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
+    """Run the pipeline on INPUT... into WORK, resuming where it stopped."""
+    _run(inputs, out, until, config, set_, executor, workers, quiet)
+
+
+@app.command()
+def extract(inputs: List[Path] = typer.Argument(..., help="Input files or folders."), out: Path = OutOpt,
+            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+            executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
+    """Extract and filter images and sentences (the first stage)."""
+    _run(inputs, out, "extract", config, set_, executor, workers, quiet)
+
+
+@app.command()
+def status(work: Path = typer.Argument(..., help="Workspace folder.")) -> None:
+    """What is done, counts per stage, and what is stale."""
+    def go() -> None:
+        ws = Workspace(work)
+        if not ws.manifest_path.exists():
+            _fail(f"no workspace at {work} (manifest.json missing)")
+        stages = ws.manifest()["stages"]
+        cfg_path = work / "config.yaml"
+        cfg = load_config(cfg_path if cfg_path.exists() else None)
+        inputs = [Path(p) for p in stages.get("extract", {}).get("inputs", [])]
+        current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if all(p.exists() for p in inputs) else {}
+        for name in pipeline.NAMES:
+            st = stages.get(name)
+            if st is None:
+                typer.echo(f"{name:9} not run")
+                continue
+            state = st.get("status", "?")
+            if state == "done" and current and current.get(name) != st.get("key"):
+                state = "stale"
+            line = f"{name:9} {state:8} {st.get('seconds', 0):8.1f}s"
+            for table, c in (st.get("counts") or {}).items():
+                if isinstance(c, dict):
+                    line += f"  {table}: {c.get('kept', 0)} kept / {c.get('read', 0)} read"
+            typer.echo(line)
+
+    _guard(go)
+
+
+@app.command("config")
+def config_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Show this file resolved against the defaults.")) -> None:
+    """Print the config (defaults, or a file resolved), every value documented."""
+    _guard(lambda: typer.echo(to_yaml(load_config(config)), nl=False))
+
+
+@app.command()
+def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
+         quiet: bool = QuietOpt, workers: Optional[int] = WorkersOpt) -> None:
+    """Run the pipeline on the built-in demo corpus (real photos from scikit-image, scikit-learn, matplotlib)."""
+    from realsyn.demo import materialize
+
+    corpus = materialize(out / "corpus")
+    _run([corpus], out / "work", until, None, None, None, workers, quiet)
+    typer.echo(f"demo workspace: {out / 'work'}", err=True)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Real-world data extraction: image and sentence filters, exact and perceptual dedup."""

@@ -1,0 +1,94 @@
+"""Per-part extraction: documents in, image and sentence rows out (pure logic, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from realsyn.config import ExtractConfig
+from realsyn.extract.images import inspect_image
+from realsyn.extract.sentences import sentence_reason, split_sentences, text_hash, word_entropy
+from realsyn.io.documents import Document, stable_id
+
+# A function scoring a batch of sentences (perplexity); None when the filter is off.
+Scorer = Callable[[Sequence[str]], Sequence[float]]
+
+
+@dataclass
+class PartRows:
+    """The rows one part produces: column lists for images and sentences, and image bytes."""
+
+    images: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in IMAGE_COLUMNS})
+    sentences: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in SENTENCE_COLUMNS})
+    blobs: dict[str, list[Any]] = field(default_factory=lambda: {"image_id": [], "data": []})
+    documents: int = 0
+    stored: set[str] = field(default_factory=set)
+
+
+IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "url",
+                 "alt", "caption", "source", "status", "reason")
+SENTENCE_COLUMNS = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "perplexity",
+                    "text_hash", "source", "status", "reason")
+
+
+def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractConfig) -> None:
+    f = cfg.images
+    width = height = phash = fmt = None
+    if item.data is not None:
+        check = inspect_image(item.data, min_side=f.min_side, min_aspect=f.min_aspect,
+                              max_aspect=f.max_aspect, max_pixels=f.max_pixels)
+        image_id = check.sha256[:32]
+        width, height, fmt, phash, reason = check.width, check.height, check.format, check.phash, check.reason
+        if reason is None and image_id not in rows.stored:
+            rows.stored.add(image_id)
+            rows.blobs["image_id"].append(image_id)
+            rows.blobs["data"].append(item.data)
+    else:
+        image_id = stable_id("url", item.url or f"{doc.doc_id}:{pos}", length=32)
+        reason = item.error or ("not_downloaded" if item.url else "missing")
+    values = (image_id, doc.doc_id, pos, width, height, fmt, phash, item.url, item.alt,
+              item.caption, doc.source, "kept" if reason is None else "rejected", reason)
+    for col, v in zip(IMAGE_COLUMNS, values):
+        rows.images[col].append(v)
+
+
+def _sentence_rows(rows: PartRows, doc: Document, pos: int, text: str, cfg: ExtractConfig) -> int:
+    f = cfg.sentences
+    for sentence in split_sentences(text, splitter=f.splitter):
+        reason = sentence_reason(sentence, min_words=f.min_words, max_words=f.max_words,
+                                 min_entropy=f.min_entropy, reject_emoji=f.reject_emoji,
+                                 reject_url=f.reject_url, cat=f.cat)
+        values = (stable_id(doc.doc_id, str(pos), length=32), doc.doc_id, pos, sentence,
+                  len(sentence.split()), word_entropy(sentence), None, text_hash(sentence),
+                  doc.source, "kept" if reason is None else "rejected", reason)
+        for col, v in zip(SENTENCE_COLUMNS, values):
+            rows.sentences[col].append(v)
+        pos += 1
+    return pos
+
+
+def apply_perplexity(rows: PartRows, score: Scorer, lo: float, hi: float) -> None:
+    """Score the sentences that passed so far and reject those outside [lo, hi]."""
+    s = rows.sentences
+    todo = [i for i, st in enumerate(s["status"]) if st == "kept"]
+    for i, ppl in zip(todo, score([s["text"][i] for i in todo])):
+        s["perplexity"][i] = float(ppl)
+        if not lo <= ppl <= hi:
+            s["status"][i], s["reason"][i] = "rejected", "perplexity"
+
+
+def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, score: Scorer | None = None) -> PartRows:
+    """Split, filter and hash every item of `docs`. Positions count rows within a document,
+    in reading order, across images and sentences."""
+    rows = PartRows(documents=len(docs))
+    for doc in docs:
+        pos = 0
+        for item in doc.items:
+            if item.kind == "image":
+                _image_row(rows, doc, pos, item, cfg)
+                pos += 1
+            elif item.text:
+                pos = _sentence_rows(rows, doc, pos, item.text, cfg)
+    if score is not None:
+        apply_perplexity(rows, score, cfg.sentences.min_perplexity, cfg.sentences.max_perplexity)
+    return rows

@@ -1,0 +1,197 @@
+"""The extract stage: read documents, filter images and sentences per part, then deduplicate.
+
+Phase 1 streams the inputs in chunks of `docs_per_part` documents; each chunk is one task that
+writes `_raw/images`, `_raw/sentences` and `blobs` (the bytes of images that passed the quality
+filters, so later stages never re-read the input). Phase 2 is the global dedup step: it holds,
+for every image and sentence, an int64 hash, an int64 group index, its id and its status
+(about 60 bytes per item), and writes the final `images/` and `sentences/` parts with every
+rejected item's reason and, for duplicates, the id of the item kept in its place (`dup_of`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from realsyn.config import Config, ExtractConfig
+from realsyn.extract.dedup import first_occurrence, near_duplicates
+from realsyn.extract.records import extract_documents
+from realsyn.io.documents import Document
+from realsyn.io.readers import read_documents
+from realsyn.runtime.context import Context
+from realsyn.runtime.executor import Executor
+from realsyn.runtime.progress import bar
+from realsyn.runtime.workspace import fingerprint, part_name, write_table
+
+NAME = "extract"
+
+IMAGE_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
+    ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("phash", pa.int64()),
+    ("url", pa.string()), ("alt", pa.string()), ("caption", pa.string()), ("source", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()),
+])
+SENTENCE_SCHEMA = pa.schema([
+    ("sentence_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
+    ("text", pa.string()), ("words", pa.int32()), ("entropy", pa.float32()),
+    ("perplexity", pa.float64()), ("text_hash", pa.int64()), ("source", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()),
+])
+BLOB_SCHEMA = pa.schema([("image_id", pa.string()), ("data", pa.binary())])
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    docs: list[Document]
+    cfg: ExtractConfig
+    llm: str | None
+    device: str
+    out: Path
+
+
+def _process(task: _Task) -> int:
+    """Phase 1 for one part (runs in a worker). Returns the number of documents."""
+    score = None
+    if task.cfg.sentences.perplexity and task.llm:
+        from realsyn.models import load
+
+        score = load("llm", task.llm, task.device).perplexity
+    rows = extract_documents(task.docs, task.cfg, score)
+    name = part_name(task.index)
+    write_table(pa.table(rows.blobs, schema=BLOB_SCHEMA), task.out / "blobs" / name)
+    write_table(pa.table(rows.sentences, schema=SENTENCE_SCHEMA), task.out / "_raw" / "sentences" / name)
+    write_table(pa.table(rows.images, schema=IMAGE_SCHEMA), task.out / "_raw" / "images" / name)  # last: done mark
+    return rows.documents
+
+
+def _chunks(inputs: Iterable[Path], size: int) -> Iterator[list[Document]]:
+    buf: list[Document] = []
+    for path in inputs:
+        for doc in read_documents(path):
+            buf.append(doc)
+            if len(buf) == size:
+                yield buf
+                buf = []
+    if buf:
+        yield buf
+
+
+def stage_key(ctx: Context) -> str:
+    """Config of this stage + fingerprint of the inputs."""
+    return f"{ctx.cfg.section_hash('extract')}-{fingerprint(ctx.inputs)}"
+
+
+def _phase_parts(inputs: list[Path], out: Path, cfg: Config, llm: str | None,
+                 executor: Executor) -> tuple[int, int]:
+    """Run phase 1 over all chunks, skipping finished parts; returns (parts, documents)."""
+    n = n_docs = 0
+    progress = bar("extract", "docs")
+
+    def tasks() -> Iterator[_Task]:
+        nonlocal n, n_docs
+        for i, docs in enumerate(_chunks(inputs, cfg.extract.docs_per_part)):
+            n, n_docs = i + 1, n_docs + len(docs)
+            if (out / "_raw" / "images" / part_name(i)).exists():
+                progress.update(len(docs))
+                continue
+            yield _Task(i, docs, cfg.extract, llm, cfg.runtime.device, out)
+
+    for docs in executor.map(_process, tasks()):
+        progress.update(docs)
+    progress.close()
+    return n, n_docs
+
+
+def _read_column(paths: list[Path], columns: list[str]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+
+
+def _id_key(ids: pa.ChunkedArray) -> np.ndarray:
+    """The first 16 hex digits of each (hex) id as int64: a compact dedup key."""
+    return np.array([int(s[:16], 16) for s in ids.to_pylist()], dtype=np.uint64).view(np.int64)
+
+
+def _finalize(out: Path, table: str, n_parts: int, group: np.ndarray, reasons: dict[int, str],
+              id_col: str) -> Counter:
+    """Write the final parts: rows whose group is another row become duplicates."""
+    raw = [out / "_raw" / table / part_name(i) for i in range(n_parts)]
+    ids = _read_column(raw, [id_col]).column(id_col)
+    counts: Counter = Counter()
+    start = 0
+    for i, path in enumerate(raw):
+        t = pq.read_table(path)
+        g = group[start:start + len(t)]
+        rows = np.arange(start, start + len(t))
+        dup = (g >= 0) & (g != rows)
+        status = np.array(t.column("status").to_pylist(), dtype=object)
+        reason = np.array(t.column("reason").to_pylist(), dtype=object)
+        dup_of = np.full(len(t), None, dtype=object)
+        if dup.any():
+            status[dup] = "rejected"
+            reason[dup] = [reasons[int(x)] for x in np.flatnonzero(dup) + start]
+            dup_of[dup] = ids.take(pa.array(g[dup])).to_pylist()
+        t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+        t = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
+        t = t.append_column("dup_of", pa.array(dup_of, pa.string()))
+        write_table(t, out / table / part_name(i))
+        counts.update(f"{s}:{r}" if r else s for s, r in zip(status, reason))
+        start += len(t)
+    return counts
+
+
+def _dedup_images(out: Path, cfg: Config, n_parts: int) -> Counter:
+    raw = [out / "_raw" / "images" / part_name(i) for i in range(n_parts)]
+    t = _read_column(raw, ["image_id", "phash", "status"])
+    kept = pc.equal(t.column("status"), "kept").to_numpy(zero_copy_only=False)
+    exact = first_occurrence(_id_key(t.column("image_id")), kept)
+    unique = kept & (exact == np.arange(len(t)))
+    phash = t.column("phash").fill_null(0).to_numpy()
+    near = near_duplicates(phash, unique, cfg.extract.images.phash_distance)
+    group = np.where(near >= 0, near, exact)
+    reasons = {i: ("near_duplicate" if near[i] >= 0 else "duplicate") for i in
+               np.flatnonzero((group >= 0) & (group != np.arange(len(t))))}
+    return _finalize(out, "images", n_parts, group, reasons, "image_id")
+
+
+def _dedup_sentences(out: Path, n_parts: int) -> Counter:
+    raw = [out / "_raw" / "sentences" / part_name(i) for i in range(n_parts)]
+    t = _read_column(raw, ["text_hash", "status"])
+    kept = pc.equal(t.column("status"), "kept").to_numpy(zero_copy_only=False)
+    group = first_occurrence(t.column("text_hash").to_numpy(), kept)
+    reasons = dict.fromkeys(np.flatnonzero((group >= 0) & (group != np.arange(len(t)))).tolist(), "duplicate")
+    return _finalize(out, "sentences", n_parts, group, reasons, "sentence_id")
+
+
+def _summary(counts: Counter) -> dict:
+    reasons = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
+    kept = counts.get("kept", 0)
+    rejected = sum(reasons.values())
+    return {"read": kept + rejected, "kept": kept, "rejected": rejected, "reasons": reasons}
+
+
+def run(ctx: Context, key: str) -> dict:
+    """Run (or resume) the extract stage; returns its counts."""
+    ws, cfg, llm = ctx.ws, ctx.cfg, None
+    started = time.time()
+    out = ws.begin(NAME, key, inputs=[str(p) for p in ctx.inputs])
+    if "parts" not in ws.stage(NAME):
+        n_parts, n_docs = _phase_parts(ctx.inputs, out, cfg, llm, ctx.executor)
+        ws.note(NAME, parts=n_parts, documents=n_docs)
+    n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
+    images = _dedup_images(out, cfg, n_parts)
+    sentences = _dedup_sentences(out, n_parts)
+    counts = {"parts": n_parts, "documents": n_docs, "images": _summary(images),
+              "sentences": _summary(sentences)}
+    shutil.rmtree(out / "_raw")
+    ws.finish(NAME, counts, time.time() - started)
+    return counts

@@ -1,0 +1,1 @@
+"""Input and output: document readers and atomic part writers. Never imports `models`."""

@@ -1,0 +1,5 @@
+"""Model backends behind one registry (see `registry.py`). Never imports a pipeline stage."""
+
+from realsyn.models.registry import ModelError, load
+
+__all__ = ["ModelError", "load"]

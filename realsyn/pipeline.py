@@ -1,0 +1,45 @@
+"""The stage graph, in the order of the paper's Figure 3.
+
+Each stage module exposes `NAME`, `stage_key(ctx)` (its config, its input and the upstream key)
+and `run(ctx, key) -> counts`. A stage whose recorded key matches is skipped; otherwise it runs
+(resuming finished parts when only the run was interrupted).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+from realsyn.extract import stage as extract
+from realsyn.runtime.context import Context
+
+log = logging.getLogger(__name__)
+
+STAGES: list[ModuleType] = [extract]
+NAMES = [s.NAME for s in STAGES]
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot proceed (e.g. a stage's input is missing); one-line message."""
+
+
+def keys(ctx: Context) -> dict[str, str]:
+    """The current key of every stage (what its output would be made from)."""
+    return {s.NAME: s.stage_key(ctx) for s in STAGES}
+
+
+def run_stage(ctx: Context, name: str) -> dict:
+    """Run one stage if it is not current; returns its counts."""
+    module = STAGES[NAMES.index(name)]
+    key = module.stage_key(ctx)
+    if ctx.ws.is_current(name, key):
+        log.info("%s: up to date", name)
+        return ctx.ws.stage(name)["counts"]
+    log.info("%s: running", name)
+    return module.run(ctx, key)
+
+
+def run(ctx: Context, until: str | None = None) -> dict[str, dict]:
+    """Run the stages in order up to and including `until`."""
+    last = NAMES.index(until) if until else len(NAMES) - 1
+    return {name: run_stage(ctx, name) for name in NAMES[: last + 1]}

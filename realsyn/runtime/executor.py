@@ -1,0 +1,88 @@
+"""Executors run a stage's per-part function over its parts.
+
+The contract a stage relies on: `map(fn, tasks)` calls the picklable top-level `fn` once per task,
+anywhere, in any order, and yields each result as it completes. Each task writes its own output
+part atomically, so results can arrive in any order and the output is still deterministic.
+Tasks are consumed lazily with a bounded number in flight, so a streamed input never piles up in
+memory. A Ray executor implements the same two methods.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from abc import ABC, abstractmethod
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class Executor(ABC):
+    """Runs `fn` over tasks; see the module docstring for the contract."""
+
+    workers: int
+
+    @abstractmethod
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        """Yield `fn(task)` for every task, in completion order."""
+
+    def close(self) -> None:
+        """Release workers (a no-op where there are none)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Processes on this machine; `workers=1` runs in the calling process (no pickling)."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or cpu_count()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers start from a clean process, safe next to threaded libraries.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
+        return self._pool
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        if self.workers == 1:
+            yield from map(fn, tasks)
+            return
+        pool = self._get_pool()
+        pending: set[Future[R]] = set()
+        for task in tasks:
+            pending.add(pool.submit(fn, task))
+            if len(pending) >= 2 * self.workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def make_executor(kind: str, workers: int = 0) -> Executor:
+    """The executor named in the config (`local`; `ray` arrives with the scale-out work)."""
+    if kind == "local":
+        return LocalExecutor(workers)
+    from realsyn.config import ConfigError
+
+    raise ConfigError(f"executor '{kind}' is not available yet; use 'local'")

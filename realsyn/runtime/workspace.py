@@ -1,0 +1,122 @@
+"""The workspace: one folder per stage, parts written atomically, and `manifest.json`.
+
+A stage's *key* hashes its config section, its input (the inputs' fingerprint for the first
+stage, the upstream stage's key for the others) and the seed. When the key recorded in the
+manifest differs, the stage's folder is wiped and the stage redone; since every downstream key
+contains its upstream key, everything downstream is redone too. Finished parts are skipped on
+re-run, and a part is never half-written: it is written under a temporary name, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_MARK = ".tmp-"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write a parquet file atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write a JSON file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """A cheap fingerprint of input files: names, sizes and modification times."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class Workspace:
+    """The folder `root` of one pipeline run."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.manifest()["stages"].get(name, {})
+
+    def note(self, name: str, **fields: Any) -> None:
+        """Record facts about a running stage (e.g. a finished phase) in the manifest."""
+        self._update(name, **fields)
+
+    def _update(self, name: str, **fields: Any) -> None:
+        m = self.manifest()
+        m["stages"].setdefault(name, {}).update(fields)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(m, self.manifest_path)
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def is_current(self, name: str, key: str) -> bool:
+        """True when the stage finished with this key (nothing to do)."""
+        st = self.stage(name)
+        return st.get("status") == "done" and st.get("key") == key
+
+    def begin(self, name: str, key: str, **info: Any) -> Path:
+        """Prepare a stage for running: wipe it if it ran with another key, drop leftovers of
+        killed writers, and mark it running. Returns the stage folder."""
+        d = self.dir(name)
+        if self.stage(name).get("key") != key:
+            if d.exists():
+                shutil.rmtree(d)
+            m = self.manifest()
+            m["stages"].pop(name, None)
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json(m, self.manifest_path)
+        for tmp in d.rglob(f"*{TMP_MARK}*") if d.exists() else []:
+            tmp.unlink(missing_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
+        self._update(name, status="running", key=key, started=time.time(), **info)
+        return d
+
+    def finish(self, name: str, counts: dict[str, Any], seconds: float) -> None:
+        self._update(name, status="done", counts=counts, seconds=round(seconds, 3), finished=time.time())
+
+    def parts(self, name: str, table: str) -> list[Path]:
+        """The finished parts of a stage's table, in order."""
+        d = self.dir(name) / table
+        return sorted(d.glob("part-*.parquet")) if d.exists() else []

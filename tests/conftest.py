@@ -1,0 +1,20 @@
+"""Shared test fixtures: the real data folder beside the project, offline model settings."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+ZIM = DATA / "wiki-raycharles" / "wikipedia_en_ray_charles_2015-06.zim"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.exists():
+        pytest.skip(f"shared test data not found at {DATA}")
+    return DATA

@@ -1,0 +1,38 @@
+import numpy as np
+
+from realsyn.extract.dedup import first_occurrence, near_duplicate_pairs, near_duplicates
+
+
+def test_first_occurrence_keeps_the_earliest_candidate():
+    keys = np.array([5, 7, 5, 7, 5], dtype=np.int64)
+    cand = np.array([False, True, True, True, True])
+    assert first_occurrence(keys, cand).tolist() == [-1, 1, 2, 1, 2]
+
+
+def test_near_duplicates_are_exact_within_distance():
+    rng = np.random.default_rng(0)
+    h = rng.integers(-(2**63), 2**63 - 1, size=2000, dtype=np.int64)
+    h[10] = h[3] ^ np.int64(0b1111)  # 4 bits from item 3
+    h[11] = h[10] ^ np.int64(1 << 40)  # 1 bit from 10: chained into the same group
+    h[12] = h[4] ^ np.int64(0b11111)  # 5 bits: not a duplicate at distance 4
+    a, b = near_duplicate_pairs(h, 4)
+    assert {(int(x), int(y)) for x, y in zip(a, b)} >= {(3, 10), (10, 11)}
+    g = near_duplicates(h, np.ones(len(h), bool), 4)
+    assert g[10] == 3 and g[11] == 3 and g[12] == 12 and g[4] == 4
+
+
+def test_near_duplicate_pairs_match_brute_force():
+    rng = np.random.default_rng(1)
+    base = rng.integers(-(2**63), 2**63 - 1, size=50, dtype=np.int64)
+    flips = rng.integers(0, 64, size=(300, 5))
+    def flip(i: int) -> int:
+        v = int(base[i % 50]) & (2**64 - 1)
+        for f in flips[i][: i % 6]:
+            v ^= 1 << int(f)
+        return v
+
+    h = np.array([flip(i) for i in range(300)], dtype=np.uint64).view(np.int64)
+    u = h.view(np.uint64)
+    brute = {(i, j) for i in range(300) for j in range(i + 1, 300) if bin(int(u[i] ^ u[j])).count("1") <= 3}
+    a, b = near_duplicate_pairs(h, 3)
+    assert {(int(x), int(y)) for x, y in zip(a, b)} == brute

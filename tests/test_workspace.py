@@ -1,0 +1,40 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from realsyn.runtime.executor import LocalExecutor
+from realsyn.runtime.workspace import Workspace, atomic_path, part_name, write_table
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a" / "x.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and os.listdir(target.parent) == []
+    write_table(pa.table({"a": [1]}), target)
+    assert target.exists()
+
+
+def test_stage_key_change_wipes_stage(tmp_path):
+    ws = Workspace(tmp_path)
+    d = ws.begin("s", "k1")
+    (d / part_name(0)).write_text("x")
+    ws.finish("s", {"n": 1}, 0.1)
+    assert ws.is_current("s", "k1") and not ws.is_current("s", "k2")
+    d = ws.begin("s", "k1")  # same key: a resume keeps finished parts
+    assert (d / part_name(0)).exists()
+    d = ws.begin("s", "k2")  # new key: redo from scratch
+    assert not (d / part_name(0)).exists() and ws.stage("s")["status"] == "running"
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_executor_runs_every_task(workers):
+    with LocalExecutor(workers) as ex:
+        assert sorted(ex.map(_square, iter(range(20)))) == [x * x for x in range(20)]
