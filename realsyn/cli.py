@@ -15,7 +15,7 @@ from realsyn import pipeline
 from realsyn.config import Config, ConfigError, load_config, to_yaml
 from realsyn.io.readers import InputError
 from realsyn.models.registry import ModelError
-from realsyn.runtime.context import Context
+from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import make_executor
 from realsyn.runtime.progress import set_quiet
 from realsyn.runtime.workspace import Workspace
@@ -72,7 +72,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
     """Run `fn`, turning the errors a user can fix into a one-line message and exit status 2."""
     try:
         return fn()
-    except (ConfigError, InputError, ModelError, pipeline.PipelineError) as exc:
+    except (ConfigError, InputError, ModelError, PipelineError) as exc:
         _fail(str(exc))
 
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
+from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
-from realsyn.runtime.context import Context
+from realsyn.runtime.context import Context, PipelineError
 
 log = logging.getLogger(__name__)
 
-STAGES: list[ModuleType] = [extract]
+STAGES: list[ModuleType] = [extract, embed]
 NAMES = [s.NAME for s in STAGES]
-
-
-class PipelineError(RuntimeError):
-    """The pipeline cannot proceed (e.g. a stage's input is missing); one-line message."""
+__all__ = ["NAMES", "PipelineError", "keys", "run", "run_stage"]
 
 
 def keys(ctx: Context) -> dict[str, str]:
@@ -30,7 +28,12 @@ def keys(ctx: Context) -> dict[str, str]:
 
 def run_stage(ctx: Context, name: str) -> dict:
     """Run one stage if it is not current; returns its counts."""
-    module = STAGES[NAMES.index(name)]
+    pos = NAMES.index(name)
+    module = STAGES[pos]
+    if pos > 0:
+        up = STAGES[pos - 1]
+        if not ctx.ws.is_current(up.NAME, up.stage_key(ctx)):
+            raise PipelineError(f"{name} needs a finished, current {up.NAME} stage in {ctx.ws.root}: run `realsyn {up.NAME}` first")
     key = module.stage_key(ctx)
     if ctx.ws.is_current(name, key):
         log.info("%s: up to date", name)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from realsyn.extract.dedup import first_occurrence, near_duplicate_pairs, near_duplicates
+from realsyn.dedup import first_occurrence, near_duplicate_pairs, near_duplicates
 
 
 def test_first_occurrence_keeps_the_earliest_candidate():

@@ -10,8 +10,14 @@ from realsyn.extract.images import inspect_image
 from realsyn.extract.sentences import sentence_reason, split_sentences, text_hash, word_entropy
 from realsyn.io.documents import Document, stable_id
 
-# A function scoring a batch of sentences (perplexity); None when the filter is off.
-Scorer = Callable[[Sequence[str]], Sequence[float]]
+
+@dataclass
+class Scorers:
+    """Model-based filters, each a batch function; None when the filter is off."""
+
+    perplexity: Callable[[Sequence[str]], Sequence[float]] | None = None
+    nsfw: Callable[[Sequence[bytes]], Sequence[float]] | None = None
+    language: Callable[[Sequence[str]], Sequence[tuple[str, float]]] | None = None
 
 
 @dataclass
@@ -67,17 +73,34 @@ def _sentence_rows(rows: PartRows, doc: Document, pos: int, text: str, cfg: Extr
     return pos
 
 
-def apply_perplexity(rows: PartRows, score: Scorer, lo: float, hi: float) -> None:
-    """Score the sentences that passed so far and reject those outside [lo, hi]."""
-    s = rows.sentences
-    todo = [i for i, st in enumerate(s["status"]) if st == "kept"]
-    for i, ppl in zip(todo, score([s["text"][i] for i in todo])):
-        s["perplexity"][i] = float(ppl)
-        if not lo <= ppl <= hi:
-            s["status"][i], s["reason"][i] = "rejected", "perplexity"
+def _reject_where(table: dict[str, list[Any]], inputs: Sequence[Any], fn: Callable, reason: str,
+                  rejects: Callable[[Any], bool], column: str | None = None) -> None:
+    """Run the batch function `fn` on the kept rows' `inputs`; reject rows where `rejects(result)`.
+    With `column`, each result is also stored in that column."""
+    todo = [i for i, st in enumerate(table["status"]) if st == "kept"]
+    for i, result in zip(todo, fn([inputs[i] for i in todo]) if todo else []):
+        if column:
+            table[column][i] = float(result)
+        if rejects(result):
+            table["status"][i], table["reason"][i] = "rejected", reason
 
 
-def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, score: Scorer | None = None) -> PartRows:
+def apply_models(rows: PartRows, cfg: ExtractConfig, scorers: Scorers) -> None:
+    """The model-based filters, on the items that passed the cheap filters (cheapest first)."""
+    s, f = rows.sentences, cfg.sentences
+    if scorers.nsfw is not None and cfg.images.max_nsfw is not None:
+        data = dict(zip(rows.blobs["image_id"], rows.blobs["data"]))
+        _reject_where(rows.images, [data.get(i) for i in rows.images["image_id"]], scorers.nsfw,
+                      "nsfw", lambda p: p > cfg.images.max_nsfw)
+    if scorers.language is not None and f.languages:
+        _reject_where(s, s["text"], scorers.language, "language",
+                      lambda r: r[0] not in f.languages or r[1] < f.min_language_score)
+    if scorers.perplexity is not None:
+        _reject_where(s, s["text"], scorers.perplexity, "perplexity",
+                      lambda p: not f.min_perplexity <= p <= f.max_perplexity, column="perplexity")
+
+
+def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, scorers: Scorers | None = None) -> PartRows:
     """Split, filter and hash every item of `docs`. Positions count rows within a document,
     in reading order, across images and sentences."""
     rows = PartRows(documents=len(docs))
@@ -89,6 +112,6 @@ def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, score: Score
                 pos += 1
             elif item.text:
                 pos = _sentence_rows(rows, doc, pos, item.text, cfg)
-    if score is not None:
-        apply_perplexity(rows, score, cfg.sentences.min_perplexity, cfg.sentences.max_perplexity)
+    if scorers is not None:
+        apply_models(rows, cfg, scorers)
     return rows

@@ -22,15 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.config import Config, ExtractConfig
-from realsyn.extract.dedup import first_occurrence, near_duplicates
-from realsyn.extract.records import extract_documents
+from realsyn.config import Config, ExtractConfig, ModelsConfig
+from realsyn.dedup import first_occurrence, near_duplicates
+from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.readers import read_documents
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.progress import bar
-from realsyn.runtime.workspace import fingerprint, part_name, write_table
+from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
 
 NAME = "extract"
 
@@ -54,19 +54,25 @@ class _Task:
     index: int
     docs: list[Document]
     cfg: ExtractConfig
-    llm: str | None
+    models: ModelsConfig
     device: str
     out: Path
 
 
+def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
+    """The model-based filters the config switches on (models load once per worker)."""
+    from realsyn.models import load
+
+    return Scorers(
+        perplexity=load("llm", models.llm, device).perplexity if cfg.sentences.perplexity else None,
+        nsfw=load("nsfw", models.nsfw, device).score if cfg.images.max_nsfw is not None else None,
+        language=load("langid", models.langid, device).detect if cfg.sentences.languages else None,
+    )
+
+
 def _process(task: _Task) -> int:
     """Phase 1 for one part (runs in a worker). Returns the number of documents."""
-    score = None
-    if task.cfg.sentences.perplexity and task.llm:
-        from realsyn.models import load
-
-        score = load("llm", task.llm, task.device).perplexity
-    rows = extract_documents(task.docs, task.cfg, score)
+    rows = extract_documents(task.docs, task.cfg, scorers(task.cfg, task.models, task.device))
     name = part_name(task.index)
     write_table(pa.table(rows.blobs, schema=BLOB_SCHEMA), task.out / "blobs" / name)
     write_table(pa.table(rows.sentences, schema=SENTENCE_SCHEMA), task.out / "_raw" / "sentences" / name)
@@ -88,11 +94,13 @@ def _chunks(inputs: Iterable[Path], size: int) -> Iterator[list[Document]]:
 
 def stage_key(ctx: Context) -> str:
     """Config of this stage + fingerprint of the inputs."""
-    return f"{ctx.cfg.section_hash('extract')}-{fingerprint(ctx.inputs)}"
+    c = ctx.cfg
+    models = [f"models.{m}" for m, on in (("llm", c.extract.sentences.perplexity), ("nsfw", c.extract.images.max_nsfw is not None),
+                                           ("langid", bool(c.extract.sentences.languages))) if on]
+    return f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs)}"
 
 
-def _phase_parts(inputs: list[Path], out: Path, cfg: Config, llm: str | None,
-                 executor: Executor) -> tuple[int, int]:
+def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int]:
     """Run phase 1 over all chunks, skipping finished parts; returns (parts, documents)."""
     n = n_docs = 0
     progress = bar("extract", "docs")
@@ -104,7 +112,7 @@ def _phase_parts(inputs: list[Path], out: Path, cfg: Config, llm: str | None,
             if (out / "_raw" / "images" / part_name(i)).exists():
                 progress.update(len(docs))
                 continue
-            yield _Task(i, docs, cfg.extract, llm, cfg.runtime.device, out)
+            yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, out)
 
     for docs in executor.map(_process, tasks()):
         progress.update(docs)
@@ -172,26 +180,19 @@ def _dedup_sentences(out: Path, n_parts: int) -> Counter:
     return _finalize(out, "sentences", n_parts, group, reasons, "sentence_id")
 
 
-def _summary(counts: Counter) -> dict:
-    reasons = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
-    kept = counts.get("kept", 0)
-    rejected = sum(reasons.values())
-    return {"read": kept + rejected, "kept": kept, "rejected": rejected, "reasons": reasons}
-
-
 def run(ctx: Context, key: str) -> dict:
     """Run (or resume) the extract stage; returns its counts."""
-    ws, cfg, llm = ctx.ws, ctx.cfg, None
+    ws, cfg = ctx.ws, ctx.cfg
     started = time.time()
     out = ws.begin(NAME, key, inputs=[str(p) for p in ctx.inputs])
     if "parts" not in ws.stage(NAME):
-        n_parts, n_docs = _phase_parts(ctx.inputs, out, cfg, llm, ctx.executor)
+        n_parts, n_docs = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
         ws.note(NAME, parts=n_parts, documents=n_docs)
     n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
     images = _dedup_images(out, cfg, n_parts)
     sentences = _dedup_sentences(out, n_parts)
-    counts = {"parts": n_parts, "documents": n_docs, "images": _summary(images),
-              "sentences": _summary(sentences)}
+    counts = {"parts": n_parts, "documents": n_docs, "images": summarize(images),
+              "sentences": summarize(sentences)}
     shutil.rmtree(out / "_raw")
     ws.finish(NAME, counts, time.time() - started)
     return counts

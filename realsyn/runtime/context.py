@@ -16,3 +16,7 @@ class Context:
     cfg: Config
     executor: Executor
     inputs: list[Path] = field(default_factory=list)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot proceed (e.g. a stage's input is missing); one-line message."""

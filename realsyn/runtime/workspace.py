@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,14 @@ def write_json(data: Any, path: Path) -> None:
     """Write a JSON file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def summarize(counts: Counter) -> dict[str, Any]:
+    """Manifest counts from a Counter of `kept` and `rejected:REASON`: read = kept + rejected."""
+    reasons = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
+    kept = counts.get("kept", 0)
+    return {"read": kept + sum(reasons.values()), "kept": kept, "rejected": sum(reasons.values()),
+            "reasons": reasons}
 
 
 def part_name(index: int) -> str:

@@ -1,4 +1,5 @@
-"""Exact and perceptual deduplication over compact arrays (a global step).
+"""Deduplication over compact arrays (global steps of extract and embed): exact keys, 64-bit
+perceptual hashes, embedding neighbours above a cosine threshold, grouped with union-find.
 
 Items are given in their global order (part, then row); in every group of duplicates the first
 one is kept, so the choice is deterministic. Memory: 8 bytes per item for the hashes, plus the
@@ -66,3 +67,38 @@ def near_duplicates(hashes: np.ndarray, candidate: np.ndarray, max_distance: int
     a, b = near_duplicate_pairs(hashes[idx], max_distance)
     out[idx] = idx[cluster_keep_first(len(idx), a, b)]
     return out
+
+
+def similar_pairs(emb: np.ndarray, threshold: float, exact_limit: int = 200_000,
+                  per_list: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) of L2-normalised rows with cosine >= `threshold`.
+
+    Up to `exact_limit` rows the search is exact (faiss flat inner product). Beyond, rows are
+    clustered with faiss k-means (about `per_list` rows per cluster, as SemDeDup does) and each
+    row is compared with the rows of its own cluster only: near-duplicates almost always share
+    a cluster, and the cost drops from n^2 to n * per_list.
+    """
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = x.shape
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if n <= exact_limit:
+        index = faiss.IndexFlatIP(d)
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, max(1, n // per_list), faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = 1
+    index.add(x)
+    lims, _, labels = index.range_search(x, float(threshold))
+    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
+    keep = rows < labels
+    return rows[keep], labels[keep].astype(np.int64)
+
+
+def semantic_duplicates(emb: np.ndarray, threshold: float, seed: int = 0) -> np.ndarray:
+    """For each row, the first row of its group of neighbours above `threshold` (itself when it
+    is the one kept). Memory: the embeddings (n x d float32) plus the pairs found."""
+    a, b = similar_pairs(emb, threshold, seed=seed)
+    return cluster_keep_first(len(emb), a, b)

@@ -1,0 +1,1 @@
+"""The embed stage: joint image and sentence embeddings, then semantic dedup."""

@@ -1,0 +1,129 @@
+"""The embed stage: embeddings of the kept images and sentences, then semantic dedup.
+
+Phase 1 (one task per extract part and modality) writes `embed/images/part-N.parquet` and
+`embed/sentences/part-N.parquet`: ids and L2-normalised embeddings, row-aligned. Phase 2 is a
+global step: it loads the embeddings of one modality (n x d float32), finds neighbours above the
+configured cosine with faiss, groups them with union-find and keeps the first of each group;
+`embed/dedup_images.parquet` and `embed/dedup_sentences.parquet` give every embedded item's
+status, reason (`semantic_duplicate`) and the id it duplicates (`dup_of`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from realsyn.dedup import semantic_duplicates
+from realsyn.extract import stage as extract
+from realsyn.runtime.context import Context
+from realsyn.runtime.executor import cpu_count
+from realsyn.runtime.progress import bar
+from realsyn.runtime.workspace import part_name, summarize, write_table
+
+NAME = "embed"
+KINDS = {"images": "image_id", "sentences": "sentence_id"}
+
+
+@dataclass(frozen=True)
+class _Task:
+    kind: str
+    index: int
+    extract_dir: Path
+    out: Path
+    model: str
+    device: str
+    batch_size: int
+    dtype: str
+    threads: int
+
+
+def kept_rows(extract_dir: Path, kind: str, index: int, columns: list[str]) -> pa.Table:
+    """The kept rows of one extract part."""
+    t = pq.read_table(extract_dir / kind / part_name(index), columns=[*columns, "status"])
+    return t.filter(pc.equal(t["status"], "kept")).drop_columns(["status"])
+
+
+def embedding_table(ids: list[str], emb: np.ndarray, id_col: str, dtype: str) -> pa.Table:
+    values = pa.array(emb.astype(dtype).ravel())
+    return pa.table({id_col: pa.array(ids, pa.string()),
+                     "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
+
+
+def read_embeddings(paths: list[Path], id_col: str) -> tuple[list[str], np.ndarray]:
+    """Ids and float32 embeddings of some parts, concatenated in order."""
+    t = pa.concat_tables([pq.read_table(p) for p in paths])
+    col = t["embedding"].combine_chunks()
+    emb = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(t), col.type.list_size)
+    return t[id_col].to_pylist(), emb
+
+
+def _process(task: _Task) -> int:
+    """Phase 1 for one part of one modality (runs in a worker)."""
+    import torch
+
+    from realsyn.models import load
+
+    torch.set_num_threads(task.threads)
+    model = load("joint", task.model, task.device)
+    id_col = KINDS[task.kind]
+    if task.kind == "images":
+        rows = kept_rows(task.extract_dir, "images", task.index, [id_col])
+        blobs = pq.read_table(task.extract_dir / "blobs" / part_name(task.index))
+        data = dict(zip(blobs["image_id"].to_pylist(), blobs["data"].to_pylist()))
+        items = [data[i] for i in rows[id_col].to_pylist()]
+        embed = model.embed_images
+    else:
+        rows = kept_rows(task.extract_dir, "sentences", task.index, [id_col, "text"])
+        items = rows["text"].to_pylist()
+        embed = model.embed_texts
+    chunks = [embed(items[a:a + task.batch_size]) for a in range(0, len(items), task.batch_size)]
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+    write_table(embedding_table(rows[id_col].to_pylist(), emb, id_col, task.dtype),
+                task.out / task.kind / part_name(task.index))
+    return len(items)
+
+
+def stage_key(ctx: Context) -> str:
+    return f"{ctx.cfg.section_hash('embed', 'models.joint')}-{extract.stage_key(ctx)}"
+
+
+def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int) -> Counter:
+    id_col = KINDS[kind]
+    ids, emb = read_embeddings([out / kind / part_name(i) for i in range(n_parts)], id_col)
+    group = semantic_duplicates(emb, threshold, seed) if threshold <= 1 else np.arange(len(ids))
+    dup = group != np.arange(len(ids))
+    table = pa.table({
+        id_col: pa.array(ids, pa.string()),
+        "status": pa.array(np.where(dup, "rejected", "kept").tolist(), pa.string()),
+        "reason": pa.array([("semantic_duplicate" if d else None) for d in dup], pa.string()),
+        "dup_of": pa.array([ids[g] if d else None for g, d in zip(group, dup)], pa.string()),
+    })
+    write_table(table, out / f"dedup_{kind}.parquet")
+    return Counter({"kept": int((~dup).sum()), "rejected:semantic_duplicate": int(dup.sum())})
+
+
+def run(ctx: Context, key: str) -> dict:
+    """Run (or resume) the embed stage; returns its counts."""
+    ws, cfg = ctx.ws, ctx.cfg
+    started = time.time()
+    out = ws.begin(NAME, key)
+    n_parts = ws.stage(extract.NAME)["parts"]
+    threads = max(1, cpu_count() // max(1, ctx.executor.workers))
+    tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
+                   cfg.models.batch_size, cfg.embed.dtype, threads)
+             for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
+    progress = bar("embed", "items")
+    for n in ctx.executor.map(_process, tasks):
+        progress.update(n)
+    progress.close()
+    counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed)),
+              "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
+    ws.finish(NAME, counts, time.time() - started)
+    return counts

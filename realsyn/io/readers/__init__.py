@@ -1,0 +1,59 @@
+"""Document readers: detect an input's format from its path and stream its Documents.
+
+Formats: Kiwix `.zim`, MMC4 `.jsonl[.gz]`, OBELICS-style `.parquet`, `.warc[.gz]`, a folder of
+`.html` files, and `.epub` (file or unpacked folder). Every reader is a generator `read(path)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from realsyn.io.documents import Document
+
+
+class InputError(ValueError):
+    """An input that cannot be read: missing, of an unknown format, or a corrupt container."""
+
+
+from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402  (they import InputError)
+
+READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
+    "zim": zim.read,
+    "mmc4": mmc4.read,
+    "obelics": obelics.read,
+    "warc": warc.read,
+    "htmldir": htmldir.read,
+    "epub": epub.read,
+}
+SUFFIXES = {".zim": "zim", ".jsonl": "mmc4", ".jsonl.gz": "mmc4", ".parquet": "obelics",
+            ".warc": "warc", ".warc.gz": "warc", ".epub": "epub"}
+SUPPORTED = ("supported: .zim, .jsonl[.gz] (MMC4), .parquet (OBELICS), .warc[.gz], .epub or an unpacked "
+             "EPUB folder, a folder of .html files")
+
+
+def detect(path: Path) -> str:
+    """The format name of `path` (a key of READERS); InputError if it is missing or unknown."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path} ({SUPPORTED})")
+    if path.is_dir():
+        if (path / "META-INF" / "container.xml").is_file():
+            return "epub"
+        if htmldir.has_html(path):
+            return "htmldir"
+        raise InputError(f"unknown input format: folder {path} has no .html files and is not an EPUB ({SUPPORTED})")
+    name = path.name.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return SUFFIXES[suffix]
+    raise InputError(f"unknown input format: {path} ({SUPPORTED})")
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Documents of `path` in a stable order. Format errors are raised here, at once; a corrupt
+    container raises InputError when iteration starts."""
+    return READERS[detect(path)](Path(path))
+
+
+__all__ = ["InputError", "READERS", "detect", "read_documents"]

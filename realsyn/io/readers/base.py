@@ -1,0 +1,139 @@
+"""Helpers shared by the readers: ids, text items, and image items from data URIs, relative paths and files."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import posixpath
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
+
+from realsyn.io.documents import Item, stable_id
+
+log = logging.getLogger("realsyn.io.readers")
+
+Lookup = Callable[[str], "bytes | None"]
+"""Bytes of a file given its normalised posix path inside an input (folder, zip, ZIM), None if absent."""
+Resolver = Callable[[str], "Item | None"]
+"""Image item for an `<img src>` value, None to drop the reference (unsupported scheme, empty src)."""
+
+_READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def norm(text: str | None) -> str:
+    """Collapse every run of whitespace (including NBSP) into one space and strip."""
+    return " ".join(text.split()) if text else ""
+
+
+def text_item(text: str | None) -> Item | None:
+    """A text item with normalised text, None when nothing is left."""
+    t = norm(text)
+    return Item("text", text=t) if t else None
+
+
+def base_name(path: Path) -> str:
+    """The input's own name (not its folder), the first part of every doc_id."""
+    return Path(os.path.abspath(path)).name
+
+
+def doc_id(name: str, locator: str) -> str:
+    """The document id: a hash of the input's base name and the locator inside it."""
+    return stable_id(name, locator)
+
+
+class Seen:
+    """Remembers the doc ids already yielded (as ints, a few dozen bytes each), so that a repeated
+    locator (a re-crawled URL, a duplicated line) is skipped and doc ids stay unique."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._ids: set[int] = set()
+
+    def first(self, did: str, locator: str) -> bool:
+        key = int(did, 16)
+        if key in self._ids:
+            log.info("%s: skipping repeated document %s", self._path, locator)
+            return False
+        self._ids.add(key)
+        return True
+
+
+def is_remote(src: str) -> bool:
+    return src[:8].lower().startswith(("http://", "https://"))
+
+
+def data_uri_item(uri: str) -> Item:
+    """Decode a `data:` URI (base64 or percent-encoded) into an image item."""
+    head, sep, payload = uri.partition(",")
+    try:
+        if head.lower().endswith(";base64"):
+            b64 = "".join(unquote(payload).split())
+            data = base64.b64decode(b64 + "=" * (-len(b64) % 4))
+        else:
+            data = unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        data = b""
+    return Item("image", data=data) if sep and data else Item("image", error="bad_data_uri")
+
+
+def local_path(path: str, base: str) -> str | None:
+    """Normalised posix path of `path` (relative to the file `base`, or to the root when it starts
+    with `/`), None if it leaves the root."""
+    joined = path if path.startswith("/") else posixpath.join(posixpath.dirname(base), path)
+    p = posixpath.normpath(joined.lstrip("/"))
+    return None if p in (".", "..") or p.startswith("../") else p
+
+
+def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
+    """Resolve `src` found in the file at posix path `base` (relative to the input root).
+
+    http(s) and protocol-relative URLs give url-only items; other schemes are dropped; a path
+    (relative to `base`, or to the root when it starts with `/`) is read with `lookup`, giving
+    `data`, or `error='missing'` when it is absent or points outside the root.
+    """
+    src = src.strip()
+    if src.startswith("//"):
+        return Item("image", url="https:" + src)
+    try:
+        parts = urlsplit(src)
+    except ValueError:
+        return None
+    if parts.scheme:
+        return Item("image", url=src) if parts.scheme.lower() in ("http", "https") else None
+    if not parts.path:
+        return None
+    for cand in dict.fromkeys((local_path(unquote(parts.path), base), local_path(parts.path, base))):
+        if cand is None:
+            continue
+        try:
+            data = lookup(cand)
+        except _READ_ERRORS as exc:
+            log.warning("cannot read %s: %s", cand, exc)
+            return Item("image", error="unreadable")
+        if data is not None:
+            return Item("image", data=data)
+    return Item("image", error="missing")
+
+
+def folder_lookup(root: Path) -> Lookup:
+    """A lookup of files under the folder `root`."""
+    def lookup(rel: str) -> bytes | None:
+        p = root / rel
+        return p.read_bytes() if p.is_file() else None
+    return lookup
+
+
+def file_item(path: Path) -> Item:
+    """An image item with the bytes of a local file, `error='missing'` when it does not exist."""
+    try:
+        return Item("image", data=path.read_bytes())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return Item("image", error="missing")
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return Item("image", error="unreadable")

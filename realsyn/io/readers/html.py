@@ -1,0 +1,274 @@
+"""HTML/XHTML page -> (title, items): the one place where markup becomes text and image items.
+
+Text items come from the prose blocks `p`, `li`, `dd` and `blockquote` (a block nested in another
+starts a new item; inline markup such as links keeps its text; `br` is a space), whitespace-normalised,
+empty ones dropped. Not text: headings, table cells (`td`/`th`), `caption`, `dt`, `pre`, `svg`, `math`,
+text outside a prose block (bare `div` text), and figure captions (`figcaption`, MediaWiki
+`thumbcaption` / `gallerytext`), which become the `caption` of their images instead.
+Skipped with everything inside (no text, no images): `head`, `script`, `style`, `noscript`,
+`template`, `nav`, `header`, `footer`, `iframe`, `select`, `button`, `textarea`; elements hidden by
+`hidden`, `aria-hidden="true"` or `display:none`; roles navigation/banner/contentinfo/search;
+MediaWiki navboxes, reference lists, citation markers, `#toc` and edit links.
+Images (`img`, SVG `image`) are kept where they occur; one inside a prose block follows that
+block's text item, so an inline image never cuts a paragraph in two.
+The tree is walked iteratively (no recursion). libxml2 stops parsing at 2,048 levels of nesting;
+such a page is parsed again without its layout tags (`div`, `span`, `table`, ...), and content
+still nested deeper than the limit is lost (never a crash).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+from lxml import etree
+
+from realsyn.io.documents import Item
+from realsyn.io.readers.base import Resolver, data_uri_item, norm
+
+_SKIP_TAGS = frozenset("head script style noscript template nav header footer iframe select button textarea "
+                       "figcaption".split())
+_SKIP_CLASSES = frozenset("navbox vertical-navbox reflist references reference toc mw-editsection magnify hidden "
+                          "thumbcaption gallerytext".split())
+_SKIP_ROLES = frozenset("navigation banner contentinfo search".split())
+_TEXT_TAGS = frozenset("p li dd blockquote".split())
+_NO_TEXT_TAGS = frozenset("h1 h2 h3 h4 h5 h6 td th caption dt pre svg math".split())
+_INLINE = frozenset("a abbr b bdi bdo big cite code data del dfn em font i img ins kbd mark q rp rt ruby s samp "
+                    "small span strike strong sub sup time tt u var wbr".split())
+_CAPTIONS = {"thumbinner": "thumbcaption", "gallerybox": "gallerytext"}  # MediaWiki container -> caption class
+_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))  # UTF-32 LE before UTF-16 LE
+_DECLARED = (re.compile(rb"^\s*<\?xml[^>]*encoding\s*=\s*[\"']?([\w.:-]+)", re.I),
+             re.compile(rb"<meta[^>]*charset\s*=\s*[\"']?\s*([\w.:-]+)", re.I))
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LAYOUT_TAGS = re.compile(r"</?(?:div|span|section|article|main|aside|font|center|table|tbody|thead|tfoot|tr|td|th)"
+                          r"(?:\s[^>]*)?/?>", re.I)
+
+
+def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -> tuple[str | None, list[Item]]:
+    """Parse a page and return (title, items in reading order); never raises on bad input.
+
+    `resolve(src)` turns an image reference into an image item (None drops it); `data:` URIs are
+    decoded here. `encoding` is a transport-level charset (e.g. from an HTTP header), tried first.
+    """
+    root = parse_html(html, encoding)
+    if root is None:
+        return None, []
+    return _title(root), _Walker(resolve).run(root)
+
+
+def decode_html(data: bytes, encoding: str | None = None) -> str | None:
+    """Bytes -> text: BOM, then `encoding`, then `<?xml encoding>` / `<meta charset>`, then UTF-8,
+    else windows-1252. None for binary data (NUL bytes without a UTF-16/32 BOM)."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom):].decode(enc, "replace")
+    head = data[:4096]
+    if b"\x00" in head:
+        return None
+    declared = [encoding] + [m.group(1).decode("ascii") for r in _DECLARED if (m := r.search(head))]
+    for name in declared:
+        codec = _codec(name)
+        if codec:
+            return data.decode(codec, "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _codec(name: str | None) -> str | None:
+    """A Python codec for a declared charset, with the WHATWG substitutions; None if unknown."""
+    try:
+        codec = codecs.lookup(name.strip()).name if name else None
+    except LookupError:
+        return None
+    if codec in ("ascii", "iso8859-1", "latin-1"):
+        return "cp1252"
+    return "utf-8" if codec and codec.startswith(("utf-16", "utf-32")) else codec
+
+
+def parse_html(data: bytes, encoding: str | None = None) -> etree._Element | None:
+    """The root element: strict XML first for XHTML (keeps `<a/>`-style tags right), else the
+    forgiving HTML parser on the decoded text; None if nothing can be parsed."""
+    head = data[:4096].removeprefix(codecs.BOM_UTF8).lstrip()
+    if head.startswith(b"<?xml") or b"http://www.w3.org/1999/xhtml" in head:
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
+        try:
+            root = etree.fromstring(data, parser)
+            if _tag(root) == "html":
+                return root
+        except etree.XMLSyntaxError:
+            pass
+    text = decode_html(data, encoding)
+    if not text:
+        return None
+    text = _CONTROL.sub("", text)
+    root, too_deep = _parse_text(text)
+    if too_deep:  # libxml2 stopped at its depth limit: parse again without the layout tags
+        flat = _parse_text(_LAYOUT_TAGS.sub(" ", text))[0]
+        root = root if flat is None else flat
+    return root
+
+
+def _parse_text(text: str) -> tuple[etree._Element | None, bool]:
+    """(root, hit the depth limit) from the forgiving HTML parser."""
+    parser = etree.HTMLParser(recover=True, no_network=True, remove_comments=True, remove_pis=True,
+                              huge_tree=True, default_doctype=False)
+    try:
+        root = etree.fromstring(text, parser)
+    except (etree.XMLSyntaxError, etree.ParserError, ValueError):
+        return None, False
+    return root, any("Excessive depth" in e.message for e in parser.error_log)
+
+
+def _tag(el: etree._Element) -> str:
+    """Lower-case local name; '' for comments, entities and processing instructions."""
+    t = el.tag
+    return t.rsplit("}", 1)[-1].lower() if isinstance(t, str) else ""
+
+
+def _classes(el: etree._Element) -> set[str]:
+    return set((el.get("class") or "").split()) if isinstance(el.tag, str) else set()
+
+
+def _skipped(el: etree._Element, tag: str) -> bool:
+    if tag in _SKIP_TAGS or not _SKIP_CLASSES.isdisjoint(_classes(el)):
+        return True
+    get = el.get
+    eid = get("id") or ""
+    if eid == "toc" or eid.startswith("cite_ref"):
+        return True
+    if get("hidden") is not None or get("aria-hidden") == "true" or get("role") in _SKIP_ROLES:
+        return True
+    style = get("style")
+    return bool(style) and "display:none" in style.replace(" ", "").lower()
+
+
+def _plain_text(root: etree._Element) -> str:
+    """Normalised text of a subtree (a caption), with the same skip rules and block spacing."""
+    out: list[str] = []
+    walk = etree.iterwalk(root, events=("start", "end"))
+    for event, el in walk:
+        tag = _tag(el)
+        if event == "start":
+            if el is not root and tag and _skipped(el, tag):
+                walk.skip_subtree()
+                continue
+            if tag not in _INLINE:
+                out.append(" ")
+            if tag and el.text:
+                out.append(el.text)
+        elif el is root:
+            break
+        else:
+            if tag not in _INLINE:
+                out.append(" ")
+            if el.tail:
+                out.append(el.tail)
+    return norm("".join(out))
+
+
+def _title(root: etree._Element) -> str | None:
+    el = root.find("{*}head/{*}title")
+    if el is None:
+        el = root.find(".//{*}title")
+    return (norm(el.text) or None) if el is not None else None
+
+
+class _Walker:
+    """One pass over the tree in document order, keeping a text buffer and the open prose blocks."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        self.resolve = resolve
+        self.items: list[Item] = []
+        self.buf: list[str] = []
+        self.pending: list[Item] = []  # images met inside the open prose block
+        self.modes: list[bool] = []  # innermost text/no-text element: collect text?
+        self.open_blocks = 0
+        self.captions: dict[etree._Element, str | None] = {}
+
+    def run(self, root: etree._Element) -> list[Item]:
+        frames: list[tuple[str, bool]] = []  # (kind, is block) per open element
+        walk = etree.iterwalk(root, events=("start", "end"))
+        for event, el in walk:
+            if event == "start":
+                frames.append(self._start(el, _tag(el)))
+                if frames[-1][0] == "skip":
+                    walk.skip_subtree()
+            else:
+                self._end(el, *frames.pop())
+        self._flush()
+        return self.items
+
+    def _collecting(self) -> bool:
+        return bool(self.modes) and self.modes[-1]
+
+    def _start(self, el: etree._Element, tag: str) -> tuple[str, bool]:
+        if not tag:
+            return "plain", False
+        if _skipped(el, tag):
+            return "skip", tag not in _INLINE
+        kind = "plain"
+        if tag in _TEXT_TAGS:
+            self._flush()
+            self.modes.append(True)
+            self.open_blocks += 1
+            kind = "text"
+        elif tag in _NO_TEXT_TAGS:
+            self.modes.append(False)
+            kind = "notext"
+        block = tag not in _INLINE
+        if tag in ("img", "image"):
+            self._image(el)
+        elif self._collecting():
+            self.buf.extend((" " if block else "", el.text or ""))
+        return kind, block
+
+    def _end(self, el: etree._Element, kind: str, block: bool) -> None:
+        if kind == "text":
+            self._flush()
+            self.open_blocks -= 1
+        if kind in ("text", "notext"):
+            self.modes.pop()
+        if self._collecting():
+            self.buf.extend((" " if block else "", el.tail or ""))
+
+    def _flush(self) -> None:
+        text = norm("".join(self.buf))
+        self.buf.clear()
+        if text:
+            self.items.append(Item("text", text=text))
+        self.items.extend(self.pending)
+        self.pending.clear()
+
+    def _image(self, el: etree._Element) -> None:
+        src = (el.get("src") or el.get("href") or el.get(_XLINK_HREF) or "").strip()
+        if (not src or src[:5].lower() == "data:") and el.get("data-src"):
+            src = el.get("data-src", "").strip()  # lazy loading: placeholder in src, image in data-src
+        if not src:
+            return
+        item = data_uri_item(src) if src[:5].lower() == "data:" else self.resolve(src)
+        if item is None:
+            return
+        item.alt = norm(el.get("alt")) or None
+        item.caption = self._caption(el)
+        (self.pending if self.open_blocks else self.items).append(item)
+
+    def _caption(self, el: etree._Element) -> str | None:
+        """Caption of the nearest enclosing `figure` (its `figcaption`) or MediaWiki thumb/gallery box."""
+        for anc in el.iterancestors():
+            tag = _tag(anc)
+            if tag == "figure":
+                find = (c for c in anc if _tag(c) == "figcaption")
+            elif tag in ("div", "li") and (box := sorted(_CAPTIONS.keys() & _classes(anc))):
+                find = (c for c in anc.iter() if _CAPTIONS[box[0]] in _classes(c))
+            else:
+                continue
+            if anc not in self.captions:
+                cap = next(find, None)
+                self.captions[anc] = (_plain_text(cap) or None) if cap is not None else None
+            return self.captions[anc]
+        return None

@@ -1,0 +1,71 @@
+"""MMC4 `.jsonl` / `.jsonl.gz`: sentences as text items, each image right after its matched sentence."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from realsyn.io.documents import Document, Item
+from realsyn.io.readers import InputError
+from realsyn.io.readers.base import Seen, base_name, doc_id, log, text_item
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) pairs; a truncated or damaged gzip stream ends them with a warning."""
+    n = 0
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
+            for n, line in enumerate(fh, 1):
+                yield n, line
+    except EOFError:
+        log.warning("%s: gzip stream truncated after line %d; stopping there", path, n)
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        if n == 0:
+            raise InputError(f"cannot read {path}: not a valid gzip file ({exc})") from exc
+        log.warning("%s: damaged gzip stream after line %d (%s); stopping there", path, n, exc)
+
+
+def _items(doc: dict) -> list[Item]:
+    """Text items in order, each followed by the images matched to it; unmatched images at the end."""
+    texts = doc.get("text_list") or []
+    after: dict[int, list[Item]] = {}
+    for info in doc.get("image_info") or []:
+        url = info.get("raw_url") if isinstance(info, dict) else None
+        if not isinstance(url, str) or not url.strip():
+            continue
+        idx = info.get("matched_text_index")
+        ok = isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < len(texts)
+        after.setdefault(idx if ok else -1, []).append(Item("image", url=url.strip()))
+    items: list[Item] = []
+    for i, text in enumerate(texts):
+        if (t := text_item(text if isinstance(text, str) else None)) is not None:
+            items.append(t)
+        items.extend(after.get(i, []))
+    return items + after.get(-1, [])
+
+
+def read(path: Path) -> Iterator[Document]:
+    """One document per JSON line, in file order; doc_id from the `url` (else the line number).
+    Malformed lines are skipped with a warning; a repeated url is skipped."""
+    path = Path(path)
+    name, seen = base_name(path), Seen(path)
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:  # includes bad UTF-8
+            log.warning("%s line %d: skipping malformed JSON (%s)", path, n, exc)
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("text_list") or [], list) \
+                or not isinstance(doc.get("image_info") or [], list):
+            log.warning("%s line %d: skipping, not an MMC4 document", path, n)
+            continue
+        url = doc.get("url")
+        locator = url if isinstance(url, str) and url else f"line {n}"
+        did = doc_id(name, locator)
+        if seen.first(did, locator):
+            yield Document(did, locator, _items(doc))

