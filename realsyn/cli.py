@@ -106,6 +106,29 @@ def extract(inputs: List[Path] = typer.Argument(..., help="Input files or folder
     _run(inputs, out, "extract", config, set_, executor, workers, quiet)
 
 
+def _stage_command(name: str) -> Callable[..., None]:
+    def command(out: Path = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
+        def go() -> None:
+            ctx = _context(out, config, set_, executor, workers, quiet, _recorded_inputs(out))
+            with ctx.executor:
+                typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
+
+        _guard(go)
+
+    command.__doc__ = f"Run the {name} stage on an existing workspace."
+    return command
+
+
+def _recorded_inputs(work: Path) -> list[Path]:
+    """The inputs the workspace's extract stage was run on (they key every later stage)."""
+    return [Path(p) for p in Workspace(work).stage("extract").get("inputs", [])]
+
+
+for _name in pipeline.NAMES[1:]:
+    app.command(_name)(_stage_command(_name))
+
+
 @app.command()
 def status(work: Path = typer.Argument(..., help="Workspace folder.")) -> None:
     """What is done, counts per stage, and what is stale."""
@@ -116,7 +139,7 @@ def status(work: Path = typer.Argument(..., help="Workspace folder.")) -> None:
         stages = ws.manifest()["stages"]
         cfg_path = work / "config.yaml"
         cfg = load_config(cfg_path if cfg_path.exists() else None)
-        inputs = [Path(p) for p in stages.get("extract", {}).get("inputs", [])]
+        inputs = _recorded_inputs(work)
         current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if all(p.exists() for p in inputs) else {}
         for name in pipeline.NAMES:
             st = stages.get(name)

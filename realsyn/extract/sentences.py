@@ -102,13 +102,13 @@ def _pysbd_split(text: str) -> list[str]:
 def split_sentences(text: str, splitter: str = "pysbd", *, max_chars: int = 100_000) -> list[str]:
     """Split `text` into stripped, non-empty sentences.
 
-    `splitter` is "pysbd" (rule-based, good with abbreviations, ~1 µs per character) or
+    `splitter` is "pysbd" (rule-based, good with abbreviations, ~2 µs per character) or
     "blingfire" (finite-state, about 100x faster). Bounds on pathological input:
     pysbd runs on windows of at most 1,000 characters cut at blingfire sentence boundaries
     (pysbd alone is quadratic: 100k characters take ~5 s, a run of short lines far longer);
     a text longer than `max_chars` is cut at line breaks or spaces into `max_chars` pieces and
-    split with blingfire whatever `splitter` says, so a 10 MB paragraph takes well under a
-    second with bounded memory. The paper used NLTK punkt, which needs a data download.
+    split with blingfire whatever `splitter` says, so a 10 MB paragraph takes about a
+    second and ~30 MB. The paper used NLTK punkt, which needs a data download.
     """
     if splitter not in SPLITTERS:
         raise ValueError(f"unknown sentence splitter {splitter!r}; expected one of {SPLITTERS}")
@@ -336,12 +336,12 @@ def cat_check(text: str) -> str | None:
     come from the `lemminflect` lexicon (`getAllLemmas`; its OOV lemmatiser is not used, as it
     accepts any word for any tag), and a few local rules resolve ambiguous words: a word after a
     determiner, preposition or adjective is a noun; an ambiguous base form ("career") is a verb
-    only after a subject pronoun, modal, "to", "not" or an adverb; inflected forms (walked,
-    riding, saw) are verbs, "-s" forms ("flows") only after a noun or pronoun; every form of
-    be/have/do and the modals counts as a verb (so "X was a Y" has an action). Pronouns and
-    determiners are not objects; words outside the lexicon (names, rare nouns) are. An
-    ambiguous base form after a plural noun is a verb ("two dogs play"), and so is a
-    sentence-initial one followed by an object or particle ("Turn off the flame").
+    only after a subject pronoun, modal, "to", a negated auxiliary or an adverb; inflected
+    forms (walked, riding, saw) are verbs, "-s" forms ("flows") only after a noun or pronoun;
+    an ambiguous base form after a plural noun is a verb ("two dogs play"), and so is a
+    sentence-initial one followed by an object or particle ("Turn off the flame"); every form
+    of be/have/do and the modals counts as a verb (so "X was a Y" has an action). Pronouns
+    and determiners are not objects; words outside the lexicon (names, rare nouns) are.
     Known misses: some imperatives ("Click here") fail the action rule; headings with an
     "-ing" or "-ed" word ("Further reading", "Selected works") pass it.
     """

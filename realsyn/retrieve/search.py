@@ -46,14 +46,15 @@ def auto_clusters(n: int, per_cluster: int) -> int:
     return max(1, min(n, round(n / per_cluster)))
 
 
-def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: int = 1 << 20,
+def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: int = 1 << 18,
                  seed: int = 0) -> np.ndarray:
     """Spherical k-means centroids (clusters x d float32), fitted on a seeded random sample of
-    at most `max_train` rows. Memory: the sample (max_train x d float32)."""
+    at most `max_train` rows and 256 per cluster. Memory: the sample (float32)."""
     n, d = x.shape
     clusters = max(1, min(clusters, n))
+    size = min(max_train, 256 * clusters)
     rng = np.random.default_rng(seed)
-    sample = x if n <= max_train else x[np.sort(rng.choice(n, max_train, replace=False))]
+    sample = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
     km = faiss.Kmeans(d, clusters, niter=niter, seed=seed, spherical=True, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=len(sample) + 1)
     km.train(_f32(sample))
@@ -75,9 +76,11 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, nprobe: int = 1,
     nprobe = min(nprobe, len(centroids))
     out = _empty(len(x), nprobe)
     c = _f32(centroids)
+    buf = np.empty((min(_BATCH, len(x)), len(c)), np.float32)  # reused: no page faults per batch
     with threadpool_limits(threads or cpu_count(), user_api="blas"):
         for a in range(0, len(x), _BATCH):
-            scores = _f32(x[a:a + _BATCH]) @ c.T
+            chunk = _f32(x[a:a + _BATCH])
+            scores = np.matmul(chunk, c.T, out=buf[:len(chunk)])
             if nprobe == 1:
                 best = scores.argmax(axis=1)[:, None]
                 out.idx[a:a + _BATCH], out.sims[a:a + _BATCH] = best, np.take_along_axis(scores, best, axis=1)
@@ -146,6 +149,8 @@ class ClusterIndex:
 
     def search(self, q: np.ndarray, k: int = 3, nprobe: int = 1, threads: int = 0) -> tuple[TopK, np.ndarray]:
         """Hierarchical top-k of every query: (hits as the caller's rows, nearest cluster)."""
+        if len(self.centroids) == 0:
+            return _empty(len(q), k), np.full(len(q), -1, np.int32)
         probes = nearest_centroids(q, self.centroids, nprobe, threads).idx
         m, p = probes.shape
         hits = grouped_topk(q, np.repeat(np.arange(m), p), probes.ravel(), self.vectors, self.offsets, k, threads)
@@ -199,12 +204,18 @@ def drop_below(hits: TopK, min_sim: float | None) -> TopK:
                 np.where(keep, np.take_along_axis(hits.sims, first, axis=1), -np.inf).astype(np.float32))
 
 
-def exact_topk(q: np.ndarray, base: np.ndarray, k: int) -> TopK:
-    """Exact inner-product top-k (faiss IndexFlatIP): the reference for recall."""
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(_f32(base))
-    sims, idx = index.search(_f32(q), k)
-    return TopK(idx.astype(np.int64), np.where(idx >= 0, sims, -np.inf).astype(np.float32))
+def exact_topk(q: np.ndarray, base: np.ndarray, k: int, block: int = 1 << 20) -> TopK:
+    """Exact inner-product top-k (faiss IndexFlatIP over blocks of `block` base rows, merged):
+    the reference for recall. Memory: one block (float32) at a time."""
+    best = _empty(len(q), k)
+    qf = _f32(q)
+    for a in range(0, len(base), block):
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(_f32(base[a:a + block]))
+        sims, idx = index.search(qf, k)
+        idx = np.where(idx >= 0, idx + a, -1)
+        best = merge_topk(np.hstack([best.idx, idx]), np.hstack([best.sims, np.where(idx >= 0, sims, -np.inf)]), k)
+    return TopK(best.idx, best.sims.astype(np.float32))
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:

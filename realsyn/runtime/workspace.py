@@ -51,7 +51,7 @@ def write_json(data: Any, path: Path) -> None:
 
 def summarize(counts: Counter) -> dict[str, Any]:
     """Manifest counts from a Counter of `kept` and `rejected:REASON`: read = kept + rejected."""
-    reasons = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
+    reasons = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:") and v}
     kept = counts.get("kept", 0)
     return {"read": kept + sum(reasons.values()), "kept": kept, "rejected": sum(reasons.values()),
             "reasons": reasons}

@@ -1,0 +1,1 @@
+"""The retrieve stage: k-means over sentence embeddings and hierarchical image-to-text search."""

@@ -1,0 +1,282 @@
+"""The retrieve stage: every kept image gets its k best real sentences (paper §3).
+
+Global step (in the driver), resumable: loads the kept sentence embeddings (n x d float32, plus
+~24 bytes per sentence for labels, order and rank), fits spherical k-means on a sample, assigns
+every sentence to its centroid and writes the index under `retrieve/`, each file atomically:
+`centroids.npy` (written first: a killed run never redoes k-means), `vectors.npy` (embeddings
+sorted by cluster, float32, written through a memmap), `offsets.npy`, `order.npy` / `rank.npy`
+(sorted row <-> pool row), `parts.npy` (pool rows of each extract part), `images_kept.npy` and
+`sentences.arrow` (sentence_id, doc_id, text in pool order). The pool is the kept sentences in
+part order.
+
+Per-part step: each task takes consecutive image parts (about `images_per_task` images),
+memory-maps the index (nothing large is pickled), searches all its images at once, grouped by
+cluster, applies the scope and `min_sim`, and writes `retrieve/pairs/part-N.parquet`.
+
+The manifest gets the counts (an image is kept when it has at least one text), the top-1
+similarity summary, the share of same-document texts and the recall@k of the hierarchical search
+against exact search on a seeded sample of images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from realsyn.config import RetrieveConfig
+from realsyn.embed import stage as embed
+from realsyn.extract import stage as extract
+from realsyn.retrieve.search import (ClusterIndex, TopK, auto_clusters, document_topk, drop_below, exact_topk,
+                                     hybrid_merge, nearest_centroids, recall_at_k, sort_by_group, train_kmeans)
+from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.executor import cpu_count
+from realsyn.runtime.progress import bar
+from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
+
+NAME = "retrieve"
+_BINS = 2000  # top-1 similarity histogram over [-1, 1]: percentiles to 0.001
+_TEXT_COLUMNS = ["sentence_id", "doc_id", "text"]
+
+
+@dataclass(frozen=True)
+class _Task:
+    parts: tuple[int, ...]
+    starts: tuple[int, ...]  # first row of each part in the concatenated embed image parts
+    work: Path
+    cfg: RetrieveConfig
+    threads: int
+
+
+def stage_key(ctx: Context) -> str:
+    return f"{ctx.cfg.section_hash('retrieve')}-{embed.stage_key(ctx)}"
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def _load(path: Path) -> np.ndarray:
+    """A read-only memmap of an .npy file (a plain load when it is empty)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:
+        return np.load(path)
+
+
+def _kept_mask(dedup: Path) -> np.ndarray:
+    """Kept flags of an embed dedup table, row-aligned with the embed parts concatenated."""
+    return pc.equal(pq.read_table(dedup, columns=["status"])["status"], "kept").to_numpy(zero_copy_only=False)
+
+
+def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
+    """Kept sentence embeddings in part order; writes `sentences.arrow` and `parts.npy`."""
+    kept = _kept_mask(work / embed.NAME / "dedup_sentences.parquet")
+    chunks, rows, row = [], [0], 0
+    schema = pa.schema([(c, pa.string()) for c in _TEXT_COLUMNS])
+    with atomic_path(out / "sentences.arrow") as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
+        for i in range(n_parts):
+            ids, emb = embed.read_embeddings([work / embed.NAME / "sentences" / part_name(i)], "sentence_id")
+            mask = kept[row:row + len(ids)]
+            row += len(ids)
+            texts = embed.kept_rows(work / extract.NAME, "sentences", i, _TEXT_COLUMNS).filter(pa.array(mask))
+            if texts["sentence_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
+                raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
+            writer.write_table(texts.cast(schema))
+            chunks.append(emb[mask])
+            rows.append(rows[-1] + int(mask.sum()))
+    _save(np.asarray(rows, np.int64), out / "parts.npy")
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
+    """The global step (skipped when the manifest says the index is complete)."""
+    if "clusters" in ctx.ws.stage(NAME):
+        return
+    rc, seed = ctx.cfg.retrieve, ctx.cfg.runtime.seed
+    _save(_kept_mask(ctx.ws.dir(embed.NAME) / "dedup_images.parquet"), out / "images_kept.npy")
+    x = _load_pool(ctx.ws.root, out, n_parts)
+    n, d = x.shape
+    clusters = min(n, rc.clusters or auto_clusters(n, rc.sentences_per_cluster))
+    started = time.time()
+    if not (out / "centroids.npy").exists():
+        cent = train_kmeans(x, clusters, niter=rc.niter, max_train=rc.max_train, seed=seed) if n else np.zeros((0, d), np.float32)
+        _save(cent, out / "centroids.npy")
+    cent = np.load(out / "centroids.npy")
+    labels = nearest_centroids(x, cent, 1, threads).idx[:, 0] if n else np.zeros(0, np.int64)
+    order, offsets = sort_by_group(labels, len(cent))
+    with atomic_path(out / "vectors.npy") as tmp:
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+        for a in range(0, n, 1 << 16):
+            vectors[a:a + (1 << 16)] = x[order[a:a + (1 << 16)]]
+        vectors.flush()
+        del vectors
+    rank = np.empty_like(order)
+    rank[order] = np.arange(n)
+    for name, arr in (("offsets", offsets), ("order", order), ("rank", rank)):
+        _save(arr, out / f"{name}.npy")
+    ctx.ws.note(NAME, sentences=n, clusters=len(cent), index_seconds=round(time.time() - started, 3))
+
+
+def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
+    index = ClusterIndex(np.load(out / "centroids.npy"), _load(out / "vectors.npy"),
+                         np.load(out / "offsets.npy"), _load(out / "order.npy"))
+    return index, pa.ipc.open_file(pa.memory_map(str(out / "sentences.arrow"))).read_all()
+
+
+def _part_images(work: Path, index: int, start: int) -> tuple[pa.Table, np.ndarray]:
+    """(image_id, doc_id) and embeddings of one part's images kept by dedup."""
+    ids, emb = embed.read_embeddings([work / embed.NAME / "images" / part_name(index)], "image_id")
+    mask = np.asarray(_load(work / NAME / "images_kept.npy")[start:start + len(ids)])
+    rows = embed.kept_rows(work / extract.NAME, "images", index, ["image_id", "doc_id"]).filter(pa.array(mask))
+    if rows["image_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
+        raise PipelineError(f"retrieve: image part {index} of extract and embed do not match; rerun embed")
+    return rows, emb[mask]
+
+
+def _same_doc(idx: np.ndarray, image_docs: np.ndarray, sentences: pa.Table) -> np.ndarray:
+    """(m, k) flags: the text at idx comes from the image's own document."""
+    same = np.zeros(idx.shape, bool)
+    valid = idx >= 0
+    docs = sentences["doc_id"].take(pa.array(idx[valid])).to_numpy(zero_copy_only=False)
+    same[valid] = docs == np.broadcast_to(image_docs[:, None], idx.shape)[valid]
+    return same
+
+
+def _document_hits(task: _Task, index: ClusterIndex, sentences: pa.Table, q: np.ndarray,
+                   docs: np.ndarray, sizes: list[int]) -> TopK:
+    """Document-scope top-k: each part's images against the kept sentences of the same part
+    (a document's images and sentences are always in one extract part)."""
+    parts, rank = np.load(task.work / NAME / "parts.npy"), _load(task.work / NAME / "rank.npy")
+    out, lo = [], 0
+    for i, size in zip(task.parts, sizes):
+        a, b = int(parts[i]), int(parts[i + 1])
+        base_doc = sentences["doc_id"].slice(a, b - a).to_numpy()
+        hits = document_topk(q[lo:lo + size], docs[lo:lo + size], index.vectors[rank[a:b]], base_doc, task.cfg.k, task.threads)
+        out.append(TopK(np.where(hits.idx >= 0, hits.idx + a, -1), hits.sims))
+        lo += size
+    return TopK(np.concatenate([h.idx for h in out]), np.concatenate([h.sims for h in out]))
+
+
+def _pairs_table(images: pa.Table, hits: TopK, same: np.ndarray, cluster: np.ndarray, sentences: pa.Table) -> pa.Table:
+    valid = hits.idx >= 0  # valid entries are a prefix of each row
+    n_texts = valid.sum(axis=1)
+    offsets = pa.array(np.r_[0, np.cumsum(n_texts)].astype(np.int32))
+    texts = sentences.take(pa.array(hits.idx[valid]))
+
+    def lists(values: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        return pa.ListArray.from_arrays(offsets, values)
+
+    return images.append_column("text_ids", lists(texts["sentence_id"])).append_column(
+        "texts", lists(texts["text"])).append_column(
+        "sims", lists(pa.array(hits.sims[valid], pa.float32()))).append_column(
+        "same_doc", lists(pa.array(same[valid], pa.bool_()))).append_column(
+        "cluster", pa.array(cluster, pa.int32())).append_column(
+        "status", pa.array(np.where(n_texts > 0, "kept", "rejected"), pa.string())).append_column(
+        "reason", pa.array([None if n else "no_text" for n in n_texts], pa.string()))
+
+
+def _process(task: _Task) -> int:
+    """Search the images of some consecutive parts and write their pairs (runs in a worker)."""
+    rc = task.cfg
+    index, sentences = _open_index(task.work / NAME)
+    loaded = [_part_images(task.work, i, s) for i, s in zip(task.parts, task.starts)]
+    images = pa.concat_tables([t for t, _ in loaded])
+    q = np.concatenate([e for _, e in loaded]) if images.num_rows else np.zeros((0, index.vectors.shape[1]), np.float32)
+    docs = images["doc_id"].to_numpy(zero_copy_only=False)
+    sizes = [t.num_rows for t, _ in loaded]
+    hits, cluster = index.search(q, rc.k, rc.nprobe, task.threads)
+    if rc.scope != "global":
+        doc = _document_hits(task, index, sentences, q, docs, sizes)
+        hits = doc if rc.scope == "document" else hybrid_merge(hits, _same_doc(hits.idx, docs, sentences), doc, rc.k, rc.doc_bonus)
+    hits = drop_below(hits, rc.min_sim)
+    same = _same_doc(hits.idx, docs, sentences)
+    lo = 0
+    for i, size in zip(task.parts, sizes):
+        sl = slice(lo, lo + size)
+        table = _pairs_table(images.slice(lo, size), TopK(hits.idx[sl], hits.sims[sl]), same[sl], cluster[sl], sentences)
+        write_table(table, task.work / NAME / "pairs" / part_name(i))
+        lo += size
+    return images.num_rows
+
+
+def _plan(work: Path, starts: np.ndarray, cfg: RetrieveConfig, threads: int) -> list[_Task]:
+    """Consecutive parts batched to about `images_per_task` images; a task whose parts all
+    exist is skipped (a task always rewrites all its parts, so a resumed run is identical)."""
+    groups: list[list[int]] = []
+    size = cfg.images_per_task
+    for i in range(len(starts) - 1):
+        if size >= cfg.images_per_task:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += int(starts[i + 1] - starts[i])
+    return [_Task(tuple(g), tuple(int(starts[i]) for i in g), work, cfg, threads) for g in groups
+            if not all((work / NAME / "pairs" / part_name(i)).exists() for i in g)]
+
+
+def _summary(paths: list[Path]) -> dict:
+    """Counts, top-1 similarity (mean and percentiles, from a histogram) and same-doc share."""
+    counts, hist = Counter(), np.zeros(_BINS, np.int64)
+    total, same, texts = 0.0, 0, 0
+    for p in paths:
+        t = pq.read_table(p, columns=["sims", "same_doc", "reason"])
+        counts.update("kept" if r is None else f"rejected:{r}" for r in t["reason"].to_pylist())
+        lengths = pc.list_value_length(t["sims"]).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(t["sims"]).to_numpy()
+        first = flat[np.r_[0, np.cumsum(lengths)[:-1]][lengths > 0]] if len(lengths) else flat[:0]
+        hist += np.histogram(first, _BINS, (-1.0, 1.0))[0]
+        total += float(first.astype(np.float64).sum())
+        flags = pc.list_flatten(t["same_doc"]).to_numpy(zero_copy_only=False)
+        same, texts = same + int(flags.sum()), texts + len(flags)
+    n = int(hist.sum())
+    cdf = np.cumsum(hist)
+    pct = {f"p{q}": round(-1 + (int(np.searchsorted(cdf, q / 100 * n)) + 0.5) * 2 / _BINS, 3) for q in (10, 50, 90)}
+    return {"images": summarize(counts), "texts": texts, "same_doc_fraction": round(same / texts, 4) if texts else None,
+            "top1_sim": {"mean": round(total / n, 4), **pct} if n else None}
+
+
+def _recall(work: Path, index: ClusterIndex, starts: np.ndarray, cfg: RetrieveConfig, seed: int, threads: int) -> dict:
+    """recall@k of the hierarchical search (global scope, configured nprobe) against exact
+    search, on a seeded random sample of the kept images. Memory: the sample and one block."""
+    pool = np.flatnonzero(_load(work / NAME / "images_kept.npy"))
+    size = min(cfg.recall_sample, len(pool))
+    if size == 0 or len(index.centroids) == 0:
+        return {"recall_at_k": None, "recall_images": 0}
+    rows = np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
+    part = np.searchsorted(starts, rows, side="right") - 1
+    q = np.concatenate([embed.read_embeddings([work / embed.NAME / "images" / part_name(int(p))], "image_id")[1][rows[part == p] - starts[p]]
+                        for p in np.unique(part)])
+    approx = index.search(q, cfg.k, cfg.nprobe, threads)[0].idx
+    exact = exact_topk(q, index.vectors, cfg.k).idx
+    return {"recall_at_k": round(recall_at_k(approx, np.where(exact >= 0, index.order[exact], -1)), 4), "recall_images": size}
+
+
+def run(ctx: Context, key: str) -> dict:
+    """Run (or resume) the retrieve stage; returns its counts."""
+    ws, cfg = ctx.ws, ctx.cfg
+    started = time.time()
+    out = ws.begin(NAME, key)
+    n_parts = ws.stage(extract.NAME)["parts"]
+    threads = max(1, cpu_count() // max(1, ctx.executor.workers))
+    _build_index(ctx, out, n_parts, cpu_count())
+    sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
+    starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    progress = bar("retrieve", "images")
+    for n in ctx.executor.map(_process, _plan(ws.root, starts, cfg.retrieve, threads)):
+        progress.update(n)
+    progress.close()
+    index, _ = _open_index(out)
+    stage = ws.stage(NAME)
+    counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],
+              "scope": cfg.retrieve.scope, **_recall(ws.root, index, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
+    ws.finish(NAME, counts, time.time() - started)
+    return counts
