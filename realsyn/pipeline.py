@@ -12,11 +12,12 @@ from types import ModuleType
 
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
+from realsyn.retrieve import stage as retrieve
 from realsyn.runtime.context import Context, PipelineError
 
 log = logging.getLogger(__name__)
 
-STAGES: list[ModuleType] = [extract, embed]
+STAGES: list[ModuleType] = [extract, embed, retrieve]
 NAMES = [s.NAME for s in STAGES]
 __all__ = ["NAMES", "PipelineError", "keys", "run", "run_stage"]
 

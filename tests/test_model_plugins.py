@@ -57,7 +57,8 @@ def _save_tiny(folder: Path, kind: str) -> Path:
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     vision = dict(tower, image_size=32, patch_size=8)
     if kind == "vit":
-        tf.ViTForImageClassification(tf.ViTConfig(**vision, id2label={0: "cat", 1: "dog", 2: "car"})).save_pretrained(folder)
+        config = tf.ViTConfig(**vision, id2label={0: "cat", 1: "dog", 2: "car"})
+        tf.ViTForImageClassification(config).save_pretrained(folder)
         tf.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
         return folder
     n = _save_tokenizer(folder)
@@ -294,8 +295,8 @@ def test_smollm2_perplexity_prefers_fluent_text() -> None:
 @pytest.mark.slow
 def test_smollm2_batched_generation_matches_single() -> None:
     llm = registry.load("llm", "smollm2", "cpu")
-    prompts = [[{"role": "user", "content": q}] for q in
-               ["What is the capital of France?", "Name a colour.", "Write one sentence about a dog playing in the snow."]]
+    questions = ["What is the capital of France?", "Name a colour.", "Write one sentence about a dog in the snow."]
+    prompts = [[{"role": "user", "content": q}] for q in questions]
     batched = llm.generate(prompts, max_tokens=16)
     assert batched == [llm.generate([p], max_tokens=16)[0] for p in prompts]
     assert "Paris" in batched[0] and all(batched)

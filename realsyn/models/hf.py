@@ -42,7 +42,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i:i + size]
 
 
-def embed_in_batches(items: Sequence[Any], batch_size: int, dim: int, forward: Callable[[Sequence[Any]], Any]) -> np.ndarray:
+def embed_in_batches(items: Sequence[Any], batch_size: int, dim: int,
+                     forward: Callable[[Sequence[Any]], Any]) -> np.ndarray:
     """`forward(chunk)` -> torch features per chunk; all rows L2-normalised float32, as one (n, dim) array."""
     import torch
 
@@ -73,7 +74,8 @@ class HFJointEmbedder:
         self.max_length = config.text_config.max_position_embeddings
         self.padding = "max_length" if config.model_type == "siglip" else True  # SigLIP was trained padded to 64
         text = config.text_config  # CLIP: projection_dim; SigLIP: text head size (= vision hidden size)
-        self.dim = int(getattr(config, "projection_dim", None) or getattr(text, "projection_size", None) or text.hidden_size)
+        self.dim = int(getattr(config, "projection_dim", None) or getattr(text, "projection_size", None)
+                       or text.hidden_size)
 
     def _forward(self, fn: Any, inputs: Any) -> Any:
         out = fn(**{k: v.to(self.device) for k, v in inputs.items()})

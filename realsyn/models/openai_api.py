@@ -64,7 +64,8 @@ class Client:
         self.url, self.model = url, model
         self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
         self.prefix = parts.path.rstrip("/").removesuffix("/v1") + "/v1"
-        self.timeout, self.retries, self.concurrency, self.batch, self.backoff = timeout, retries, concurrency, batch, backoff
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.concurrency, self.batch = concurrency, batch
         self.api_key = os.environ.get("OPENAI_API_KEY")
         self._slots = threading.BoundedSemaphore(concurrency)
 

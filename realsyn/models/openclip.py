@@ -25,7 +25,8 @@ class OpenCLIPEmbedder:
         open_clip = registry.require("open_clip", "open_clip_torch")
         if arch not in open_clip.list_models():
             raise registry.ModelError(f"unknown open_clip architecture '{arch}'; see open_clip.list_models()")
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=str(weights), device=device)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.torch, self.device, self.batch_size = torch, device, batch_size

@@ -88,6 +88,9 @@ class TransformersSmolLM2:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i:i + size] for i in range(0, len(order), size)]
 
+    def _pad(self, rows: list[list[int]], side: str) -> Any:
+        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt").to(self.device)
+
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:
         """The assistant reply to each chat, new text only, stripped. temperature 0 = greedy."""
@@ -95,12 +98,13 @@ class TransformersSmolLM2:
         texts = [tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False) for m in prompts]
         ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
         out: list[str] = [""] * len(texts)
-        sample = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+        sample = dict(temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
         with torch.random.fork_rng(devices=[]), torch.inference_mode():  # seeded without touching global state
             torch.manual_seed(seed)
             for batch in self._batches([len(i) for i in ids], batch_size):
-                enc = tok.pad({"input_ids": [ids[i] for i in batch]}, padding_side="left", return_tensors="pt").to(self.device)
-                gen = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **sample)
+                enc = self._pad([ids[i] for i in batch], "left")
+                gen = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                                          pad_token_id=tok.pad_token_id, **sample)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(batch, tok.batch_decode(new, skip_special_tokens=True)):
                     out[i] = row.strip()
@@ -113,7 +117,7 @@ class TransformersSmolLM2:
         out = np.full(len(ids), np.nan)
         with torch.inference_mode():
             for batch in self._batches([len(i) for i in ids], self.batch_size):
-                enc = tok.pad({"input_ids": [ids[i] for i in batch]}, padding_side="right", return_tensors="pt").to(self.device)
+                enc = self._pad([ids[i] for i in batch], "right")  # right: positions of real tokens unchanged
                 logits = self.model(**enc).logits[:, :-1].float()
                 target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
                 nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -130,6 +134,9 @@ class LlamaCppSmolLM2:
     def __init__(self, gguf: Path) -> None:
         llama_cpp = registry.require("llama_cpp", "llama-cpp-python")
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, logits_all=True, seed=0, verbose=False)
+
+    def _pad(self, rows: list[list[int]], side: str) -> Any:
+        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt").to(self.device)
 
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0) -> list[str]:

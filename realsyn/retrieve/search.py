@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from realsyn.runtime.executor import cpu_count
 
-_BATCH = 8192  # images per centroid product: 8192 x clusters float32 scores at a time
+_SCORES_BYTES = 8 << 20  # centroid scores per batch (256..1024 rows): stays in cache for argmax
 
 
 class TopK(NamedTuple):
@@ -63,8 +63,13 @@ def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: in
 
 def _top_cols(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the k largest entries of each row, best first."""
-    n = scores.shape[1]
-    cols = np.argpartition(scores, n - k, axis=1)[:, n - k:] if n > k else np.broadcast_to(np.arange(n), scores.shape)
+    m, n = scores.shape
+    if n <= k:
+        cols = np.broadcast_to(np.arange(n), scores.shape)
+    else:  # SIMD partition of the values finds each row's k-th best; ties need argpartition
+        kth = np.partition(scores, n - k, axis=1)[:, n - k:n - k + 1]
+        _, cols = np.nonzero(scores >= kth)
+        cols = cols.reshape(m, k) if len(cols) == m * k else np.argpartition(scores, n - k, axis=1)[:, n - k:]
     vals = np.take_along_axis(scores, cols, axis=1)
     best = np.argsort(-vals, axis=1, kind="stable")
     return np.take_along_axis(cols, best, axis=1), np.take_along_axis(vals, best, axis=1)
@@ -76,16 +81,17 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, nprobe: int = 1,
     nprobe = min(nprobe, len(centroids))
     out = _empty(len(x), nprobe)
     c = _f32(centroids)
-    buf = np.empty((min(_BATCH, len(x)), len(c)), np.float32)  # reused: no page faults per batch
+    batch = max(256, min(1024, _SCORES_BYTES // (4 * max(1, len(c)))))
+    buf = np.empty((min(batch, len(x)), len(c)), np.float32)  # reused: no page faults per batch
     with threadpool_limits(threads or cpu_count(), user_api="blas"):
-        for a in range(0, len(x), _BATCH):
-            chunk = _f32(x[a:a + _BATCH])
+        for a in range(0, len(x), batch):
+            chunk = _f32(x[a:a + batch])
             scores = np.matmul(chunk, c.T, out=buf[:len(chunk)])
             if nprobe == 1:
                 best = scores.argmax(axis=1)[:, None]
-                out.idx[a:a + _BATCH], out.sims[a:a + _BATCH] = best, np.take_along_axis(scores, best, axis=1)
+                out.idx[a:a + batch], out.sims[a:a + batch] = best, np.take_along_axis(scores, best, axis=1)
             else:
-                out.idx[a:a + _BATCH], out.sims[a:a + _BATCH] = _top_cols(scores, nprobe)
+                out.idx[a:a + batch], out.sims[a:a + batch] = _top_cols(scores, nprobe)
     return out
 
 

@@ -63,6 +63,18 @@ def _save(arr: np.ndarray, path: Path) -> None:
         np.save(f, arr)
 
 
+def _save_sorted(x: np.ndarray, order: np.ndarray, path: Path, chunk: int = 1 << 16) -> None:
+    """Save `x[order]` without a second copy in memory (written through a memmap)."""
+    if len(x) == 0:
+        return _save(x, path)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=x.shape)
+        for a in range(0, len(x), chunk):
+            out[a:a + chunk] = x[order[a:a + chunk]]
+        out.flush()
+        del out
+
+
 def _load(path: Path) -> np.ndarray:
     """A read-only memmap of an .npy file (a plain load when it is empty)."""
     try:
@@ -77,9 +89,10 @@ def _kept_mask(dedup: Path) -> np.ndarray:
 
 
 def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
-    """Kept sentence embeddings in part order; writes `sentences.arrow` and `parts.npy`."""
+    """Kept sentence embeddings in part order (n x d float32, filled in place); writes
+    `sentences.arrow` and `parts.npy`."""
     kept = _kept_mask(work / embed.NAME / "dedup_sentences.parquet")
-    chunks, rows, row = [], [0], 0
+    x, rows, row = np.zeros((0, 0), np.float32), [0], 0
     schema = pa.schema([(c, pa.string()) for c in _TEXT_COLUMNS])
     with atomic_path(out / "sentences.arrow") as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
         for i in range(n_parts):
@@ -90,10 +103,12 @@ def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
             if texts["sentence_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
                 raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
             writer.write_table(texts.cast(schema))
-            chunks.append(emb[mask])
+            if x.shape[1] != emb.shape[1]:
+                x = np.empty((int(kept.sum()), emb.shape[1]), np.float32)
+            x[rows[-1]:rows[-1] + int(mask.sum())] = emb[mask]
             rows.append(rows[-1] + int(mask.sum()))
     _save(np.asarray(rows, np.int64), out / "parts.npy")
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return x[:rows[-1]]
 
 
 def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
@@ -112,12 +127,7 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
     cent = np.load(out / "centroids.npy")
     labels = nearest_centroids(x, cent, 1, threads).idx[:, 0] if n else np.zeros(0, np.int64)
     order, offsets = sort_by_group(labels, len(cent))
-    with atomic_path(out / "vectors.npy") as tmp:
-        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
-        for a in range(0, n, 1 << 16):
-            vectors[a:a + (1 << 16)] = x[order[a:a + (1 << 16)]]
-        vectors.flush()
-        del vectors
+    _save_sorted(x, order, out / "vectors.npy")
     rank = np.empty_like(order)
     rank[order] = np.arange(n)
     for name, arr in (("offsets", offsets), ("order", order), ("rank", rank)):
@@ -194,10 +204,10 @@ def _process(task: _Task) -> int:
     docs = images["doc_id"].to_numpy(zero_copy_only=False)
     sizes = [t.num_rows for t, _ in loaded]
     hits, cluster = index.search(q, rc.k, rc.nprobe, task.threads)
-    if rc.scope != "global":
-        doc = _document_hits(task, index, sentences, q, docs, sizes)
-        hits = doc if rc.scope == "document" else hybrid_merge(hits, _same_doc(hits.idx, docs, sentences), doc, rc.k, rc.doc_bonus)
     hits = drop_below(hits, rc.min_sim)
+    if rc.scope != "global":  # min_sim first, so weak texts of one list never crowd out the other's
+        doc = drop_below(_document_hits(task, index, sentences, q, docs, sizes), rc.min_sim)
+        hits = doc if rc.scope == "document" else hybrid_merge(hits, _same_doc(hits.idx, docs, sentences), doc, rc.k, rc.doc_bonus)
     same = _same_doc(hits.idx, docs, sentences)
     lo = 0
     for i, size in zip(task.parts, sizes):

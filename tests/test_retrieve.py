@@ -1,0 +1,225 @@
+"""Hierarchical retrieval: search properties on the shared synthetic embeddings, and the stage
+on a hand-built workspace (extract + embed tables with their column contracts)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from realsyn.config import load_config
+from realsyn.embed import stage as embed
+from realsyn.extract import stage as extract
+from realsyn.retrieve import stage as retrieve
+from realsyn.retrieve.search import (ClusterIndex, TopK, document_topk, drop_below, exact_topk, hybrid_merge,
+                                     recall_at_k, train_kmeans)
+from realsyn.runtime.context import Context
+from realsyn.runtime.executor import LocalExecutor
+from realsyn.runtime.workspace import Workspace, part_name, write_table
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+if not (BENCH / "embeddings.py").exists():
+    pytest.skip(f"shared synthetic embeddings not found at {BENCH}", allow_module_level=True)
+sys.path.insert(0, str(BENCH))
+from embeddings import make  # noqa: E402
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    sentences, images = make(6000, 400, dim=64, topics=40, subtopics=5)
+    cent = train_kmeans(sentences, 30, niter=10, seed=0)
+    return sentences, images, ClusterIndex.build(sentences, cent)
+
+
+def test_hits_are_k_best_first_and_true_cosines(data):
+    s, q, index = data
+    hits, cluster = index.search(q, K, nprobe=2)
+    assert hits.idx.shape == hits.sims.shape == (len(q), K) and (hits.idx >= 0).all()
+    assert (np.diff(hits.sims, axis=1) <= 0).all()
+    np.testing.assert_allclose(hits.sims, np.einsum("md,mkd->mk", q, s[hits.idx]), atol=1e-5)
+    assert cluster.shape == (len(q),) and cluster.min() >= 0 and cluster.max() < len(index.centroids)
+
+
+def test_recall_against_exact(data):
+    s, q, index = data
+    exact = exact_topk(q, s, K)
+    assert (np.diff(exact.sims, axis=1) <= 0).all()
+    everything = index.search(q, K, nprobe=len(index.centroids))[0]
+    assert recall_at_k(everything.idx, exact.idx) == 1.0
+    np.testing.assert_allclose(everything.sims, exact.sims, atol=1e-5)
+    assert recall_at_k(index.search(q, K, nprobe=8)[0].idx, exact.idx) >= 0.95
+    assert 0.5 < recall_at_k(index.search(q, K, nprobe=1)[0].idx, exact.idx) <= 1.0
+    # chunked exact search (blocks of base rows) is the same search
+    assert (exact_topk(q, s, K, block=1000).idx == exact.idx).all()
+
+
+def test_determinism(data):
+    s, q, index = data
+    again = ClusterIndex.build(s, train_kmeans(s, 30, niter=10, seed=0))
+    assert np.array_equal(again.centroids, index.centroids) and np.array_equal(again.order, index.order)
+    a, b = index.search(q, K, 2)[0], again.search(q, K, 2, threads=1)[0]
+    assert np.array_equal(a.idx, b.idx) and np.array_equal(a.sims, b.sims)
+    assert not np.array_equal(train_kmeans(s, 30, niter=10, seed=1), index.centroids)
+
+
+def _docs(s, q):
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 50, len(s)), rng.integers(0, 60, len(q))  # docs 50..59 have no sentences
+
+
+def test_document_scope(data):
+    s, q, _ = data
+    s_doc, q_doc = _docs(s, q)
+    hits = document_topk(q, q_doc, s, s_doc, K)
+    for i in range(len(q)):
+        members = np.flatnonzero(s_doc == q_doc[i])
+        if len(members) == 0:
+            assert (hits.idx[i] == -1).all()
+            continue
+        sims = s[members] @ q[i]
+        best = members[np.argsort(-sims)[:K]]
+        assert set(hits.idx[i][hits.idx[i] >= 0]) == set(best)
+
+
+def test_hybrid_scope(data):
+    s, q, index = data
+    s_doc, q_doc = _docs(s, q)
+    glob = index.search(q, K, nprobe=2)[0]
+    doc = document_topk(q, q_doc, s, s_doc, K)
+    same = (s_doc[glob.idx] == q_doc[:, None]) & (glob.idx >= 0)
+    plain = hybrid_merge(glob, same, doc, K, bonus=0.0)
+    for i in range(len(q)):
+        cand = {**dict(zip(glob.idx[i], glob.sims[i])), **dict(zip(doc.idx[i], doc.sims[i]))}
+        cand.pop(-1, None)
+        best = sorted(cand.values(), reverse=True)[:K]
+        np.testing.assert_allclose(plain.sims[i], best, atol=1e-5)
+        assert len(set(plain.idx[i])) == K  # a text in both lists counts once
+    boosted = hybrid_merge(glob, same, doc, K, bonus=10.0)
+    has_doc = (doc.idx >= 0).sum(axis=1)
+    for i in range(len(q)):
+        own = s_doc[boosted.idx[i]] == q_doc[i]
+        assert own[:min(K, has_doc[i])].all()  # same-document texts come first
+    # a small bonus only promotes same-document texts close to the global ones
+    small = hybrid_merge(glob, same, doc, K, bonus=0.02)
+    assert (small.sims[:, 0] >= glob.sims[:, 0] - 0.02 - 1e-6).all()
+
+
+def test_min_sim_drops():
+    hits = TopK(np.array([[5, 2, 9], [1, -1, -1], [3, 4, 7]]),
+                np.array([[0.9, 0.5, 0.2], [0.6, -np.inf, -np.inf], [0.3, 0.8, 0.1]], np.float32))
+    out = drop_below(hits, 0.4)
+    assert out.idx.tolist() == [[5, 2, -1], [1, -1, -1], [4, -1, -1]]
+    assert out.sims[0, :2].tolist() == pytest.approx([0.9, 0.5]) and np.isneginf(out.sims[2, 1:]).all()
+    assert drop_below(hits, None) is hits
+
+
+# --- the stage, on a hand-built workspace -------------------------------------------------
+
+PARTS, DOCS_PER_PART, SENTS_PER_DOC, IMAGES_PER_DOC = 3, 4, 60, 5
+
+
+def _fake_workspace(root: Path, **overrides) -> Context:
+    """extract + embed outputs with the promised columns; some rows rejected in each stage."""
+    n_docs = PARTS * DOCS_PER_PART
+    s_emb, i_emb = make(n_docs * SENTS_PER_DOC, n_docs * IMAGES_PER_DOC, dim=32, topics=20, subtopics=4)
+    ctx = Context(Workspace(root), load_config(None, overrides), LocalExecutor(1))
+    ctx.ws.begin(extract.NAME, extract.stage_key(ctx))  # begin() clears a stage's folder: first
+    ctx.ws.begin(embed.NAME, embed.stage_key(ctx))
+    dedup: dict[str, list] = {"images": [], "sentences": []}
+    for p in range(PARTS):
+        docs = [f"doc{p}-{d}" for d in range(DOCS_PER_PART)]
+        for kind, id_col, per_doc, emb in (("sentences", "sentence_id", SENTS_PER_DOC, s_emb),
+                                           ("images", "image_id", IMAGES_PER_DOC, i_emb)):
+            n = DOCS_PER_PART * per_doc
+            ids = [f"{kind[0]}{p}-{j}" for j in range(n)]
+            status = ["rejected" if j % 11 == 3 else "kept" for j in range(n)]  # rejected by extract
+            cols = {id_col: ids, "doc_id": [docs[j // per_doc] for j in range(n)], "status": status}
+            if kind == "sentences":
+                cols["text"] = [f"text of {i}" for i in ids]
+            write_table(pa.table(cols), root / extract.NAME / kind / part_name(p))
+            kept = [j for j in range(n) if status[j] == "kept"]
+            rows = emb[p * n:(p + 1) * n][kept]
+            write_table(embed.embedding_table([ids[j] for j in kept], rows, id_col, "float16"),
+                        root / embed.NAME / kind / part_name(p))
+            dedup[kind] += [(ids[j], j % 7 == 5) for j in kept]  # rejected by semantic dedup
+    ctx.ws.note(extract.NAME, parts=PARTS)
+    ctx.ws.finish(extract.NAME, {"parts": PARTS}, 0)
+    for kind, id_col in embed.KINDS.items():
+        ids, dup = zip(*dedup[kind])
+        write_table(pa.table({id_col: list(ids), "status": ["rejected" if d else "kept" for d in dup],
+                              "reason": ["semantic_duplicate" if d else None for d in dup],
+                              "dup_of": [ids[0] if d else None for d in dup]}),
+                    root / embed.NAME / f"dedup_{kind}.parquet")
+    ctx.ws.finish(embed.NAME, {}, 0)
+    return ctx
+
+
+def _run(ctx: Context) -> dict:
+    key = retrieve.stage_key(ctx)
+    with ctx.executor:
+        counts = retrieve.run(ctx, key)
+    assert ctx.ws.is_current(retrieve.NAME, key)
+    return counts
+
+
+def _pairs(root: Path) -> pa.Table:
+    return pq.read_table(sorted((root / retrieve.NAME / "pairs").glob("part-*.parquet")))
+
+
+def test_stage_writes_pairs_and_resumes(tmp_path):
+    ctx = _fake_workspace(tmp_path, **{"retrieve.images_per_task": 80, "retrieve.sentences_per_cluster": 50})
+    counts = _run(ctx)
+    t = _pairs(tmp_path)
+    assert {"image_id", "doc_id", "text_ids", "texts", "sims", "cluster", "same_doc", "status"} <= set(t.column_names)
+    assert t.schema.field("text_ids").type == pa.list_(pa.string()) and t.schema.field("sims").type == pa.list_(pa.float32())
+    assert t.schema.field("cluster").type == pa.int32()
+    assert counts["images"]["read"] == t.num_rows == counts["images"]["kept"] + counts["images"]["rejected"]
+    kept_images = pq.read_table(tmp_path / embed.NAME / "dedup_images.parquet").to_pydict()
+    assert set(t["image_id"].to_pylist()) == {i for i, s in zip(kept_images["image_id"], kept_images["status"]) if s == "kept"}
+    dedup_s = pq.read_table(tmp_path / embed.NAME / "dedup_sentences.parquet").to_pydict()
+    kept_sentences = {i for i, s in zip(dedup_s["sentence_id"], dedup_s["status"]) if s == "kept"}
+    for row in t.to_pylist():
+        assert len(row["text_ids"]) == len(row["texts"]) == len(row["sims"]) == K
+        assert row["sims"] == sorted(row["sims"], reverse=True)
+        assert set(row["text_ids"]) <= kept_sentences
+        assert row["texts"] == [f"text of {i}" for i in row["text_ids"]]
+    assert counts["clusters"] == round(counts["sentences"] / 50)
+    assert 0 < counts["top1_sim"]["p10"] <= counts["top1_sim"]["p50"] <= counts["top1_sim"]["p90"]
+    assert 0.5 < counts["recall_at_k"] <= 1.0 and counts["recall_images"] == min(1000, t.num_rows)
+
+    # a run killed after k-means, with one part missing: k-means is not redone, output identical
+    out = tmp_path / retrieve.NAME
+    first = {p.name: p.read_bytes() for p in (out / "pairs").glob("*.parquet")}
+    centroids = (out / "centroids.npy").stat().st_mtime_ns
+    (out / "pairs" / part_name(1)).unlink()
+    (out / "vectors.npy").unlink()
+    manifest = json.loads(ctx.ws.manifest_path.read_text())
+    del manifest["stages"][retrieve.NAME]["clusters"]
+    manifest["stages"][retrieve.NAME]["status"] = "running"
+    ctx.ws.manifest_path.write_text(json.dumps(manifest))
+    ctx.executor = LocalExecutor(2)  # and worker processes give the same bytes
+    assert _run(ctx) == counts
+    assert {p.name: p.read_bytes() for p in (out / "pairs").glob("*.parquet")} == first
+    assert (out / "centroids.npy").stat().st_mtime_ns == centroids
+
+
+@pytest.mark.parametrize("scope", ["document", "hybrid"])
+def test_stage_scopes_and_min_sim(tmp_path, scope):
+    ctx = _fake_workspace(tmp_path, **{"retrieve.scope": scope, "retrieve.doc_bonus": 1.0, "retrieve.min_sim": 0.4,
+                                       "retrieve.sentences_per_cluster": 50})
+    counts = _run(ctx)
+    t = _pairs(tmp_path)
+    assert 0 < counts["images"]["kept"] < counts["images"]["read"]  # min_sim left some images without text
+    for row in t.to_pylist():
+        assert all(s >= 0.4 for s in row["sims"]) and len(row["sims"]) <= K
+        assert (row["status"] == "kept") == bool(row["text_ids"])
+        if scope == "document":
+            assert all(row["same_doc"]) and all(i.split("-")[0][1:] == row["image_id"].split("-")[0][1:] for i in row["text_ids"])
+        else:  # a bonus of 1 ranks the image's own document first
+            assert row["same_doc"] == sorted(row["same_doc"], reverse=True)
+    assert counts["same_doc_fraction"] == 1.0 if scope == "document" else 0 < counts["same_doc_fraction"] < 1
