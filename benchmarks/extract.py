@@ -32,7 +32,7 @@ finally:
 """
 
 
-def measure(zim: Path, copies: int, workers: int, tmp: Path) -> dict:
+def measure(zim: Path, copies: int, workers: int, tmp: Path, perplexity: bool) -> dict:
     src = tmp / f"in{copies}"
     src.mkdir()
     inputs = []
@@ -41,7 +41,8 @@ def measure(zim: Path, copies: int, workers: int, tmp: Path) -> dict:
         link.symlink_to(zim.resolve())
         inputs.append(str(link))
     work = tmp / f"work{copies}"
-    cmd = [sys.executable, "-c", _RUNNER, "extract", *inputs, "--out", str(work), "--quiet", "--workers", str(workers)]
+    cmd = [sys.executable, "-c", _RUNNER, "extract", *inputs, "--out", str(work), "--quiet", "--workers", str(workers),
+           "--set", f"extract.sentences.perplexity={str(perplexity).lower()}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -63,15 +64,17 @@ def main() -> None:
     ap.add_argument("--zim", type=Path, default=DEFAULT_ZIM)
     ap.add_argument("--copies", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    ap.add_argument("--perplexity", action="store_true",
+                    help="include the SmolLM2 perplexity filter (off here: it runs at ~15 sentences/s and would dominate)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [measure(args.zim, c, args.workers, Path(tmp)) for c in args.copies]
+        runs = [measure(args.zim, c, args.workers, Path(tmp), args.perplexity) for c in args.copies]
     print(f"{'copies':>6} {'docs':>6} {'sentences':>9} {'seconds':>8} {'docs/s':>8} {'sent/s':>8} {'peak MB':>8}")
     for r in runs:
         print(f"{r['copies']:>6} {r['documents']:>6} {r['sentences']:>9} {r['seconds']:>8} "
               f"{r['documents_per_s']:>8} {r['sentences_per_s']:>8} {r['peak_rss_mb']:>8}")
-    result = {"runs": runs, "workers": args.workers, "zim": str(args.zim)}
+    result = {"runs": runs, "workers": args.workers, "zim": str(args.zim), "perplexity": args.perplexity}
     if len(runs) >= 2:
         result["rss_ratio"] = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
         print(f"peak RSS ratio {runs[-1]['copies']}x / {runs[0]['copies']}x: {result['rss_ratio']} (target <= 1.5)")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -39,7 +40,7 @@ class SentenceFilters(_Section):
     min_entropy: float = Field(0.3, ge=0, le=1, description="Reject sentences whose normalised word entropy is below this (paper: 0.3); definition in realsyn.extract.sentences.word_entropy.")
     languages: list[str] | None = Field(None, description="Keep only sentences identified (models.langid) as one of these ISO 639-1 codes, e.g. [en]; null = no language filter (the paper's OBELICS input is English).")
     min_language_score: float = Field(0.5, ge=0, le=1, description="With `languages`: the identifier's confidence must also reach this.")
-    perplexity: bool = Field(False, description="Filter by language-model perplexity (paper: [30, 200]). Off until the LLM backend is configured; the column is always written.")
+    perplexity: bool = Field(True, description="Filter by language-model perplexity (models.llm; paper: [30, 200]). With the built-in SmolLM2-135M the paper's band keeps the middle ~70% of clean encyclopedic prose (about its 13th-84th percentiles), so the bounds are kept as they are. Costly on a CPU (~15 sentences/s with SmolLM2): switch off for quick runs.")
     min_perplexity: float = Field(30.0, ge=0, description="Lower perplexity bound (paper: 30).")
     max_perplexity: float = Field(200.0, ge=0, description="Upper perplexity bound (paper: 200).")
 
@@ -80,6 +81,73 @@ class RetrieveConfig(_Section):
     images_per_task: int = Field(50_000, ge=1, description="Images per work task (consecutive parts are batched so each cluster's product covers many images).")
 
 
+SCALE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # a file and folder name: nothing can escape WORK
+_RESERVED_SCALES = {"pairs", "clusters"}  # other files of balance/
+
+
+class SynthConfig(_Section):
+    prompt: str = Field("fuse-v1", description="Fusion prompt: a versioned file in realsyn/synth/prompts/ (`fuse-v1`) or a path to a YAML file of the same form; its version is recorded in every row (`prompt_version`). The paper's prompt is unpublished; fuse-v1 is CapsFusion-style, written for this project.")
+    per_text: Literal["first", "all"] = Field("first", description="`first`: one synthetic text per image, from its best realistic text R1 (the paper's release); `all`: one per retrieved text (the paper's Table 6 ablation), rows keyed by (image_id, text_index).")
+    tags_k: int = Field(5, ge=1, description="Tags per image given to the LLM (the tagger's top classes; paper: RAM++ tags, threshold unpublished).")
+    max_tokens: int = Field(80, ge=1, description="Most LLM tokens generated per text.")
+    temperature: float = Field(0.0, ge=0, description="LLM sampling temperature; 0 = greedy (the paper's vLLM sampling parameters are unpublished).")
+    retry_temperature: float = Field(0.7, ge=0, description="Temperature of the one regeneration after the output guard rejects a text (seed + 1).")
+    language: str | None = Field("en", description="Expected language of the synthetic texts (ISO 639-1, checked with models.langid); null = no language check.")
+    batch_size: int = Field(16, ge=1, description="Prompts per LLM call (batched generation).")
+    max_clip_tokens: int = Field(77, ge=3, description="Longest synthetic text in CLIP tokens, start and end included (CLIP's context: 77); longer outputs are regenerated or replaced by the fallback.")
+
+
+class BalanceConfig(_Section):
+    band: Literal["quantile", "fixed", "off"] = Field("quantile", description="Similarity band on the image-R1 cosine: `quantile` (bounds are quantiles of the observed distribution, so they carry over between encoders), `fixed` (bounds are cosines; paper: [0.51, 0.61] under EVA02-CLIP), `off`.")
+    lower_quantile: float = Field(0.10, ge=0, le=1, description="band = quantile: drop pairs below this quantile. With upper_quantile 0.95, 15% of pairs are dropped, the paper's share (29.7M of 198M); the paper gives only the total, the split (10% low: mismatched texts, 5% high: OCR-like texts) is a choice.")
+    upper_quantile: float = Field(0.95, ge=0, le=1, description="band = quantile: drop pairs above this quantile.")
+    min_sim: float = Field(0.51, ge=-1, le=1, description="band = fixed: lowest cosine kept (paper: 0.51 under EVA02-CLIP E/14-plus; encoder-specific).")
+    max_sim: float = Field(0.61, ge=-1, le=1, description="band = fixed: highest cosine kept (paper: 0.61).")
+    clusters: int = Field(0, ge=0, description="k-means clusters over the image embeddings; 0 = auto, about `pairs_per_cluster` pairs per cluster.")
+    pairs_per_cluster: int = Field(168, ge=1, description="With clusters = 0: average pairs per cluster (paper: 1M clusters for 168.3M pairs).")
+    max_train: int = Field(262_144, ge=1, description="k-means is fitted on a seeded random sample of at most this many images (and at most 256 per cluster; at least one per cluster).")
+    niter: int = Field(20, ge=1, description="k-means iterations (faiss default: 20).")
+    method: Literal["cap", "metaclip"] = Field("cap", description="`cap`: keep min(N, size) pairs of each cluster, a random subset (the paper); `metaclip`: keep each pair with probability min(1, N / size), MetaCLIP's rule with the cluster as the only key (same expected size).")
+    scales: dict[str, int] = Field(default_factory=lambda: {"15M": 20, "30M": 35, "100M": 180}, description="Named scales and their per-cluster N (paper: 20 -> 15M, 35 -> 30M, 180 -> 100M). Smaller scales are subsets of larger ones (one seeded random order per cluster, each scale takes a prefix).")
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:
+            raise ValueError("give at least one scale")
+        for name, cap in value.items():
+            if not re.match(SCALE_NAME, name) or name in _RESERVED_SCALES:
+                raise ValueError(f"scale name '{name}' must match {SCALE_NAME} and not be one of {sorted(_RESERVED_SCALES)}")
+            if cap < 1:
+                raise ValueError(f"scale '{name}': N must be >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BalanceConfig":
+        if self.lower_quantile > self.upper_quantile or self.min_sim > self.max_sim:
+            raise ValueError("the band's lower bound is above its upper bound")
+        return self
+
+
+class ExportConfig(_Section):
+    samples_per_shard: int = Field(10_000, ge=1, le=1_000_000, description="Samples per tar shard (img2dataset's default); key = shard * 10^ceil(log10(samples_per_shard)) + index, 9 digits by default.")
+    reencode: bool = Field(False, description="Re-encode every image to JPEG. Off: the original bytes are written (RealSyn's recipe: img2dataset's skip_reencode), except images that are resized or whose format is not in keep_formats.")
+    keep_formats: list[Literal["jpg", "png", "webp", "gif", "bmp", "tiff"]] = Field(default_factory=lambda: ["jpg", "png", "webp"], description="Formats written as they are; other images are re-encoded to JPEG (OpenCLIP reads only jpg, jpeg, png and webp).")
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = Field("no", description="img2dataset's resize: `no`; `keep_ratio` (shorter side = image_size); `center_crop` (keep_ratio, then the central square); `border` (longer side = image_size, padded to a white square). Resized images are JPEG.")
+    image_size: int = Field(224, ge=8, le=8192, description="Target size of resize_mode (RealSyn's download recipe: 224).")
+    resize_only_if_bigger: bool = Field(True, description="Resize only images larger than image_size (the shorter side; the longer one for `border`); smaller images are left as they are (RealSyn's recipe).")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of re-encoded images (img2dataset's default: 95).")
+
+
+class ReportConfig(_Section):
+    scale: str | None = Field(None, pattern=SCALE_NAME, description="The scale assessed; null = the largest.")
+    sample: int = Field(5000, ge=1, description="Pairs sampled (seeded) for token lengths, entities and topics.")
+    sim_sample: int = Field(1000, ge=0, description="Synthetic texts embedded with models.joint for the S1 similarity histogram (R1 uses the stored cosines of all pairs); 0 = skip.")
+    topics: int = Field(10, ge=1, description="LDA topics (scikit-learn, fitted on the sampled R1 and S1 texts together).")
+    topic_words: int = Field(8, ge=1, description="Top words shown per topic.")
+    gallery: int = Field(12, ge=0, description="Sample images shown with their four texts.")
+
+
 class RuntimeConfig(_Section):
     executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster.")
     workers: int = Field(0, ge=0, description="Worker processes for the local executor; 0 = one per CPU core.")
@@ -93,6 +161,10 @@ class Config(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     def section_hash(self, *names: str) -> str:
         """A short hash of the named sections or fields (dotted, e.g. `models.joint`) plus the

@@ -16,10 +16,11 @@ from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace
 
 pytestmark = pytest.mark.slow
+NO_PPL = {"extract.sentences.perplexity": False}  # the perplexity filter is tested on its own
 
 
 def _largest_kept_image(zim, tmp_path) -> bytes:
-    ctx = Context(Workspace(tmp_path / "probe"), load_config(), LocalExecutor(1), [zim])
+    ctx = Context(Workspace(tmp_path / "probe"), load_config(None, NO_PPL), LocalExecutor(1), [zim])
     run(ctx, until="extract")
     images = pq.read_table(tmp_path / "probe" / "extract" / "images")
     kept = images.filter(pc.equal(images["status"], "kept")).sort_by([("width", "descending")])
@@ -37,7 +38,7 @@ def test_embed_covers_every_kept_item_and_catches_a_resized_copy(tmp_path, data_
     (html / "page.html").write_text('<p>A page that reuses a picture it found elsewhere.</p><img src="copy.jpg">')
 
     work = tmp_path / "w"
-    ctx = Context(Workspace(work), load_config(), LocalExecutor(2), [zim, html])
+    ctx = Context(Workspace(work), load_config(None, NO_PPL), LocalExecutor(2), [zim, html])
     with ctx.executor:
         counts = run(ctx, until="embed")
     images = pq.read_table(work / "extract" / "images")

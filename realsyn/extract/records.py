@@ -31,10 +31,10 @@ class PartRows:
     stored: set[str] = field(default_factory=set)
 
 
-IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "url",
-                 "alt", "caption", "source", "status", "reason")
-SENTENCE_COLUMNS = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "perplexity",
-                    "text_hash", "source", "status", "reason")
+IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
+                 "url", "alt", "caption", "source", "status", "reason")
+SENTENCE_COLUMNS = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "language",
+                    "perplexity", "text_hash", "source", "status", "reason")
 
 
 def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractConfig) -> None:
@@ -52,7 +52,7 @@ def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractC
     else:
         image_id = stable_id("url", item.url or f"{doc.doc_id}:{pos}", length=32)
         reason = item.error or ("not_downloaded" if item.url else "missing")
-    values = (image_id, doc.doc_id, pos, width, height, fmt, phash, item.url, item.alt,
+    values = (image_id, doc.doc_id, pos, width, height, fmt, phash, None, item.url, item.alt,
               item.caption, doc.source, "kept" if reason is None else "rejected", reason)
     for col, v in zip(IMAGE_COLUMNS, values):
         rows.images[col].append(v)
@@ -65,7 +65,7 @@ def _sentence_rows(rows: PartRows, doc: Document, pos: int, text: str, cfg: Extr
                                  min_entropy=f.min_entropy, reject_emoji=f.reject_emoji,
                                  reject_url=f.reject_url, cat=f.cat)
         values = (stable_id(doc.doc_id, str(pos), length=32), doc.doc_id, pos, sentence,
-                  len(sentence.split()), word_entropy(sentence), None, text_hash(sentence),
+                  len(sentence.split()), word_entropy(sentence), None, None, text_hash(sentence),
                   doc.source, "kept" if reason is None else "rejected", reason)
         for col, v in zip(SENTENCE_COLUMNS, values):
             rows.sentences[col].append(v)
@@ -74,13 +74,12 @@ def _sentence_rows(rows: PartRows, doc: Document, pos: int, text: str, cfg: Extr
 
 
 def _reject_where(table: dict[str, list[Any]], inputs: Sequence[Any], fn: Callable, reason: str,
-                  rejects: Callable[[Any], bool], column: str | None = None) -> None:
-    """Run the batch function `fn` on the kept rows' `inputs`; reject rows where `rejects(result)`.
-    With `column`, each result is also stored in that column."""
+                  rejects: Callable[[Any], bool], column: str, value: Callable[[Any], Any] = float) -> None:
+    """Run the batch function `fn` on the kept rows' `inputs`, store `value(result)` in `column`
+    and reject the rows where `rejects(result)`."""
     todo = [i for i, st in enumerate(table["status"]) if st == "kept"]
     for i, result in zip(todo, fn([inputs[i] for i in todo]) if todo else []):
-        if column:
-            table[column][i] = float(result)
+        table[column][i] = value(result)
         if rejects(result):
             table["status"][i], table["reason"][i] = "rejected", reason
 
@@ -91,10 +90,11 @@ def apply_models(rows: PartRows, cfg: ExtractConfig, scorers: Scorers) -> None:
     if scorers.nsfw is not None and cfg.images.max_nsfw is not None:
         data = dict(zip(rows.blobs["image_id"], rows.blobs["data"]))
         _reject_where(rows.images, [data.get(i) for i in rows.images["image_id"]], scorers.nsfw,
-                      "nsfw", lambda p: p > cfg.images.max_nsfw)
+                      "nsfw", lambda p: p > cfg.images.max_nsfw, column="nsfw")
     if scorers.language is not None and f.languages:
         _reject_where(s, s["text"], scorers.language, "language",
-                      lambda r: r[0] not in f.languages or r[1] < f.min_language_score)
+                      lambda r: r[0] not in f.languages or r[1] < f.min_language_score,
+                      column="language", value=lambda r: r[0])
     if scorers.perplexity is not None:
         _reject_where(s, s["text"], scorers.perplexity, "perplexity",
                       lambda p: not f.min_perplexity <= p <= f.max_perplexity, column="perplexity")

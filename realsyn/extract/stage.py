@@ -37,13 +37,13 @@ NAME = "extract"
 IMAGE_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
     ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("phash", pa.int64()),
-    ("url", pa.string()), ("alt", pa.string()), ("caption", pa.string()), ("source", pa.string()),
+    ("nsfw", pa.float32()), ("url", pa.string()), ("alt", pa.string()), ("caption", pa.string()), ("source", pa.string()),
     ("status", pa.string()), ("reason", pa.string()),
 ])
 SENTENCE_SCHEMA = pa.schema([
     ("sentence_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
     ("text", pa.string()), ("words", pa.int32()), ("entropy", pa.float32()),
-    ("perplexity", pa.float64()), ("text_hash", pa.int64()), ("source", pa.string()),
+    ("language", pa.string()), ("perplexity", pa.float64()), ("text_hash", pa.int64()), ("source", pa.string()),
     ("status", pa.string()), ("reason", pa.string()),
 ])
 BLOB_SCHEMA = pa.schema([("image_id", pa.string()), ("data", pa.binary())])
