@@ -109,6 +109,25 @@ def test_onnx_matches_torch(photos):
     np.testing.assert_allclose(clf.logits_of_crops(crops), eager, atol=1e-3)
 
 
+def test_effnet_falls_back_to_torch(monkeypatch, photos):
+    from realsyn.models import effnet
+
+    def no_export():
+        raise RuntimeError("export unavailable")
+
+    monkeypatch.setattr(effnet, "onnx_path", no_export)
+    clf = effnet.EffnetClassifier("cpu")
+    assert clf.engine == "torch"
+    assert effnet.class_names()[int(clf.probs([photos["coffee"]])[0].argmax())] == "espresso"
+
+
+def test_minilm_onnx_matches_sentence_transformers():
+    minilm = load("text", "minilm", "cpu")
+    texts = ["Ray Charles recorded the single for Atlantic in 1955.", "short", "Le chat dort.\nBonne nuit."]
+    reference = minilm.model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+    np.testing.assert_allclose(minilm.embed_texts(texts), reference, atol=1e-4)
+
+
 def test_nsfw_safe_photos(photos):
     scores = load("nsfw", "open-nsfw", "cpu").score(list(photos.values()))
     assert scores.shape == (len(photos),) and scores.max() < 0.2

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from realsyn.models import effnet, registry
+from realsyn.models import cache, effnet, registry
 from realsyn.models.minilm import MiniLMEmbedder, model_dir
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -37,9 +37,9 @@ def label_texts() -> list[str]:
 def label_embeddings(text: MiniLMEmbedder) -> np.ndarray:
     """(1000, 384) MiniLM embeddings of the ImageNet labels, from the disk cache when present."""
     texts = label_texts()
-    key = hashlib.sha256("\n".join([effnet.file_digest(model_dir() / "model.safetensors"), *texts])
+    key = hashlib.sha256("\n".join([cache.file_digest(model_dir() / "model.safetensors"), *texts])
                          .encode()).hexdigest()[:16]
-    path = effnet.cache_root() / "bridge" / f"labels-{key}.npy"
+    path = cache.cache_root() / "bridge" / f"labels-{key}.npy"
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
@@ -53,7 +53,7 @@ def label_embeddings(text: MiniLMEmbedder) -> np.ndarray:
         with open(tmp, "wb") as f:
             np.save(f, emb, allow_pickle=False)
 
-    effnet.atomic_write(path, write)
+    cache.atomic_write(path, write)
     return emb
 
 

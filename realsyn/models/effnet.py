@@ -13,19 +13,15 @@ in torch eager mode (`inference_mode`). Spec: `effnet[:BATCH]` (default batch 16
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
-import os
-import tempfile
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from realsyn.models import registry
+from realsyn.models import cache, registry
 from realsyn.models.imaging import cpu_count, decode_rgb, parallel_map, resize_center_crop
 
 log = logging.getLogger(__name__)
@@ -120,49 +116,14 @@ def load_torch_model(device: str = "cpu") -> Any:
     return model.eval().to(device)
 
 
-def cache_root() -> Path:
-    """`$REALSYN_CACHE`, default `~/.cache/realsyn`: derived artefacts (ONNX graphs, label embeddings)."""
-    return Path(os.environ.get("REALSYN_CACHE") or Path.home() / ".cache" / "realsyn")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then rename tmp over `path`, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def onnx_path() -> Path:
     """The cached ONNX export of the network, created on first use."""
-    path = cache_root() / "effnet" / f"lite0-{file_digest(weights_path())[:16]}-{EXPORT_VERSION}.onnx"
-    if not path.is_file():
-        import torch
+    import torch
 
-        model, dummy = load_torch_model(), torch.zeros(1, 3, CROP, CROP)
-
-        def export(tmp: Path) -> None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=17,
-                                  input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-
-        atomic_write(path, export)
-    return path
+    key = f"{cache.file_digest(weights_path())[:16]}-{EXPORT_VERSION}"
+    return cache.onnx_export(cache.cache_root() / "effnet" / f"lite0-{key}.onnx", load_torch_model,
+                             (torch.zeros(1, 3, CROP, CROP),), ["image"], ["logits"],
+                             {"image": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def preprocess(data: bytes) -> np.ndarray:
@@ -193,11 +154,7 @@ class EffnetClassifier:
 
     def _onnx_runner(self) -> Callable[[np.ndarray], np.ndarray] | None:
         try:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
-            session = ort.InferenceSession(str(onnx_path()), opts, providers=["CPUExecutionProvider"])
+            session = cache.ort_session(onnx_path(), self.threads)
         except registry.ModelError:
             raise
         except Exception as exc:  # export or runtime unavailable: eager torch still works
@@ -226,10 +183,10 @@ class EffnetClassifier:
 
     def probs(self, images: Sequence[bytes]) -> np.ndarray:
         """(N, 1000) softmax probabilities. Undecodable images raise PIL's error."""
-        if not images:
-            return np.zeros((0, 1000), np.float32)
-        crops = np.stack(parallel_map(preprocess, images, self.threads))
-        return softmax(self.logits_of_crops(crops))
+        chunk = 16 * self.batch_size  # bounds the decoded crops held in memory
+        out = [softmax(self.logits_of_crops(np.stack(parallel_map(preprocess, images[i:i + chunk], self.threads))))
+               for i in range(0, len(images), chunk)]
+        return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
 
 
 def classifier(device: str = "cpu", batch_size: int = BATCH) -> EffnetClassifier:

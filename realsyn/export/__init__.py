@@ -1,0 +1,1 @@
+"""Export: OpenCLIP WebDataset shards and the parquet of the released RealSyn schema."""
