@@ -109,15 +109,15 @@ def extract(inputs: List[Path] = typer.Argument(..., help="Input files or folder
 def _stage_command(name: str) -> Callable[..., None]:
     def command(out: Path = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                 executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
-        def go() -> None:
-            ctx = _context(out, config, set_, executor, workers, quiet, _recorded_inputs(out))
-            with ctx.executor:
-                typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
-
-        _guard(go)
+        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet, _recorded_inputs(out))))
 
     command.__doc__ = f"Run the {name} stage on an existing workspace."
     return command
+
+
+def _one_stage(name: str, ctx: Context) -> None:
+    with ctx.executor:
+        typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
 
 
 def _recorded_inputs(work: Path) -> list[Path]:
@@ -126,7 +126,25 @@ def _recorded_inputs(work: Path) -> list[Path]:
 
 
 for _name in pipeline.NAMES[1:]:
-    app.command(_name)(_stage_command(_name))
+    if _name != "balance":
+        app.command(_name)(_stage_command(_name))
+
+
+@app.command()
+def balance(out: Path = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
+            cap: Optional[List[int]] = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
+            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt) -> None:
+    """Run the balance stage (similarity band, k-means, capped draw per named scale)."""
+    from realsyn.balance import stage as balance_stage
+
+    def go() -> None:
+        ctx = _context(out, config, set_, None, None, quiet, _recorded_inputs(out))
+        if not dry_run:
+            return _one_stage("balance", ctx)
+        pipeline.check_upstream(ctx, "balance")
+        balance_stage.dry_run(ctx, cap or (), echo=typer.echo)
+
+    _guard(go)
 
 
 @app.command()
@@ -151,7 +169,7 @@ def status(work: Path = typer.Argument(..., help="Workspace folder.")) -> None:
                 state = "stale"
             line = f"{name:9} {state:8} {st.get('seconds', 0):8.1f}s"
             for table, c in (st.get("counts") or {}).items():
-                if isinstance(c, dict):
+                if isinstance(c, dict) and "read" in c:
                     line += f"  {table}: {c.get('kept', 0)} kept / {c.get('read', 0)} read"
             typer.echo(line)
 
@@ -173,6 +191,9 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
     corpus = materialize(out / "corpus")
     _run([corpus], out / "work", until, None, None, None, workers, quiet)
     typer.echo(f"demo workspace: {out / 'work'}", err=True)
+    report = out / "work" / "report" / "index.html"
+    if report.exists():
+        typer.echo(f"report: {report.resolve()}", err=True)
 
 
 def main() -> None:  # pragma: no cover

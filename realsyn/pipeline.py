@@ -10,16 +10,20 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
+from realsyn.balance import stage as balance
 from realsyn.embed import stage as embed
+from realsyn.export import stage as export
 from realsyn.extract import stage as extract
+from realsyn.report import stage as report
 from realsyn.retrieve import stage as retrieve
+from realsyn.synth import stage as synth
 from realsyn.runtime.context import Context, PipelineError
 
 log = logging.getLogger(__name__)
 
-STAGES: list[ModuleType] = [extract, embed, retrieve]
+STAGES: list[ModuleType] = [extract, embed, retrieve, synth, balance, export, report]
 NAMES = [s.NAME for s in STAGES]
-__all__ = ["NAMES", "PipelineError", "keys", "run", "run_stage"]
+__all__ = ["NAMES", "PipelineError", "check_upstream", "keys", "run", "run_stage"]
 
 
 def keys(ctx: Context) -> dict[str, str]:
@@ -27,14 +31,19 @@ def keys(ctx: Context) -> dict[str, str]:
     return {s.NAME: s.stage_key(ctx) for s in STAGES}
 
 
-def run_stage(ctx: Context, name: str) -> dict:
-    """Run one stage if it is not current; returns its counts."""
+def check_upstream(ctx: Context, name: str) -> None:
+    """Raise PipelineError unless the stage before `name` is finished and current."""
     pos = NAMES.index(name)
-    module = STAGES[pos]
     if pos > 0:
         up = STAGES[pos - 1]
         if not ctx.ws.is_current(up.NAME, up.stage_key(ctx)):
             raise PipelineError(f"{name} needs a finished, current {up.NAME} stage in {ctx.ws.root}: run `realsyn {up.NAME}` first")
+
+
+def run_stage(ctx: Context, name: str) -> dict:
+    """Run one stage if it is not current; returns its counts."""
+    check_upstream(ctx, name)
+    module = STAGES[NAMES.index(name)]
     key = module.stage_key(ctx)
     if ctx.ws.is_current(name, key):
         log.info("%s: up to date", name)

@@ -90,7 +90,7 @@ SOURCE = "The café on Via Veneto in Rome has served espresso since 1908."
     ("Caption: an espresso in a cup on Via Veneto in Rome.", "prompt_echo"),
     ("Here is the rewritten sentence: an espresso cup in Rome, 1908.", "prompt_echo"),
     ("Keep the names, places and dates of the text, an espresso.", "prompt_echo"),  # instruction copied
-    ("A grand piano and a microphone wait on the stage of the Olympia in Rome.", "prompt_echo"),  # few-shot copied
+    ("A violin and its bow lie on sheet music of the Beethoven concerto in Rome.", "prompt_echo"),  # few-shot copied
     ("An espresso cup in Rome in 1908, an espresso cup in Rome in 1908.", "repetitive"),
     ("Ein Foto einer Katze auf dem Sofa in Berlin.", "language"),
     ("the café on Via Veneto in Rome has served espresso since 1908", "unchanged"),
@@ -180,13 +180,16 @@ def make_workspace(root: Path, names: list[str], split: bool = True) -> None:
     groups = [names[:half], names[half:] + ["no-text-image"]]
     for k, group in enumerate(groups):
         texts = [TEXTS.get(n, []) for n in group]
+        strings = pa.list_(pa.string())
         pq.write_table(pa.table({
-            "image_id": group, "doc_id": ["doc"] * len(group),
-            "text_ids": [[f"{n}-{i}" for i in range(len(t))] for n, t in zip(group, texts)],
-            "texts": texts, "sims": [[0.3] * len(t) for t in texts], "cluster": [k] * len(group),
+            "image_id": pa.array(group, pa.string()), "doc_id": pa.array(["doc"] * len(group), pa.string()),
+            "text_ids": pa.array([[f"{n}-{i}" for i in range(len(t))] for n, t in zip(group, texts)], strings),
+            "texts": pa.array(texts, strings), "sims": pa.array([[0.3] * len(t) for t in texts], pa.list_(pa.float32())),
+            "cluster": pa.array([k] * len(group), pa.int32()),
         }), _mkdir(root / "retrieve" / "pairs") / f"part-{k:05d}.parquet")
         stored = [n for n in groups[1 - k] if n in photos]
-        pq.write_table(pa.table({"image_id": stored, "data": [photos[n] for n in stored]}),
+        pq.write_table(pa.table({"image_id": pa.array(stored, pa.string()),
+                                 "data": pa.array([photos[n] for n in stored], pa.binary())}),
                        _mkdir(root / "extract" / "blobs") / f"part-{k:05d}.parquet")
 
 

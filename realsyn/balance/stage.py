@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -32,25 +31,15 @@ from realsyn.embed.stage import read_embeddings
 from realsyn.retrieve.search import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
+from realsyn.synth import stage as synth_stage
 from realsyn.runtime.workspace import Workspace, summarize, write_table
 
 NAME = "balance"
 REASONS = (None, "no_synthetic_text", "no_embedding", "below_band", "above_band")  # code 0 = kept
 
 
-def upstream() -> ModuleType:
-    """The synth stage (retrieve until synth exists)."""
-    try:
-        from realsyn.synth import stage as synth_stage
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("realsyn.synth"):
-            raise
-        from realsyn.retrieve import stage as synth_stage
-    return synth_stage
-
-
 def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('balance')}-{upstream().stage_key(ctx)}"
+    return f"{ctx.cfg.section_hash('balance')}-{synth_stage.stage_key(ctx)}"
 
 
 @dataclass

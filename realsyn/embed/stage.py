@@ -23,8 +23,6 @@ import pyarrow.parquet as pq
 from realsyn.dedup import semantic_duplicates
 from realsyn.extract import stage as extract
 from realsyn.runtime.context import Context
-from realsyn.runtime.executor import cpu_count
-from realsyn.runtime.progress import bar
 from realsyn.runtime.workspace import part_name, summarize, write_table
 
 NAME = "embed"
@@ -115,14 +113,10 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
-    threads = max(1, cpu_count() // max(1, ctx.executor.workers))
     tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
-                   cfg.models.batch_size, cfg.embed.dtype, threads)
+                   cfg.models.batch_size, cfg.embed.dtype, ctx.executor.threads_per_worker)
              for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
-    progress = bar("embed", "items")
-    for n in ctx.executor.map(_process, tasks):
-        progress.update(n)
-    progress.close()
+    ctx.executor.run(_process, tasks, "embed", "items")
     counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed)),
               "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
     ws.finish(NAME, counts, time.time() - started)

@@ -31,7 +31,6 @@ from realsyn.config import ExportConfig
 from realsyn.export.records import BLOBS, gather, lookup
 from realsyn.export.shards import encode_image, sample_key, sample_members, shard_name, write_tar
 from realsyn.runtime.context import Context, PipelineError
-from realsyn.runtime.progress import bar
 from realsyn.runtime.workspace import atomic_path, summarize, write_json, write_table
 
 NAME = "export"
@@ -106,7 +105,7 @@ def _samples(task: _Task, metas: list[dict[str, Any]]) -> Iterator[list]:
                 yield members
 
 
-def _write_shard(task: _Task) -> dict[str, Any]:
+def _write_shard(task: _Task) -> int:
     """Write one shard: tar, parquet, then stats (runs in a worker)."""
     start = time.time()
     name, metas = shard_name(task.shard), []
@@ -117,7 +116,7 @@ def _write_shard(task: _Task) -> dict[str, Any]:
     stats = {"count": len(metas), "successes": successes, **{f: status.get(f, 0) for f in FAILURES},
              "duration": round(end - start, 3), "start_time": start, "end_time": end, "status_dict": dict(status)}
     write_json(stats, task.out / f"{name}_stats.json")
-    return stats
+    return stats["count"]
 
 
 def _scale_file(ctx: Context, scale: str) -> Path:
@@ -169,10 +168,7 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     out = ctx.ws.begin(NAME, key)
     tasks, shards = _plan(ctx, out)
-    progress = bar("export", "samples", total=sum(t.rows.num_rows for t in tasks))
-    for stats in ctx.executor.map(_write_shard, tasks):
-        progress.update(stats["count"])
-    progress.close()
+    ctx.executor.run(_write_shard, tasks, "export", "samples", total=sum(t.rows.num_rows for t in tasks))
     counts = {scale: _finish_scale(out / scale, n) for scale, n in shards.items()}
     ctx.ws.finish(NAME, counts, time.time() - started)
     return counts

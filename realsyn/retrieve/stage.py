@@ -37,7 +37,6 @@ from realsyn.retrieve.search import (ClusterIndex, TopK, auto_clusters, document
                                      hybrid_merge, nearest_centroids, recall_at_k, sort_by_group, train_kmeans)
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
-from realsyn.runtime.progress import bar
 from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
 
 NAME = "retrieve"
@@ -276,14 +275,11 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
-    threads = max(1, cpu_count() // max(1, ctx.executor.workers))
+    threads = ctx.executor.threads_per_worker
     _build_index(ctx, out, n_parts, cpu_count())
     sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
     starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    progress = bar("retrieve", "images")
-    for n in ctx.executor.map(_process, _plan(ws.root, starts, cfg.retrieve, threads)):
-        progress.update(n)
-    progress.close()
+    ctx.executor.run(_process, _plan(ws.root, starts, cfg.retrieve, threads), "retrieve", "images")
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
     counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],

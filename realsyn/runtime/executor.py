@@ -31,6 +31,23 @@ class Executor(ABC):
 
     workers: int
 
+    @property
+    def threads_per_worker(self) -> int:
+        """Math-library threads each worker may use without oversubscribing this machine."""
+        return max(1, cpu_count() // max(1, self.workers))
+
+    def run(self, fn: Callable[[T], int], tasks: Iterable[T], desc: str, unit: str,
+            total: int | None = None) -> int:
+        """`map` with a progress bar counting the items each task reports; returns the sum."""
+        from realsyn.runtime.progress import bar
+
+        done = 0
+        with bar(desc, unit, total) as progress:
+            for n in self.map(fn, tasks):
+                progress.update(n)
+                done += n
+        return done
+
     @abstractmethod
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         """Yield `fn(task)` for every task, in completion order."""

@@ -31,8 +31,6 @@ from realsyn.config import ModelsConfig, SynthConfig
 from realsyn.extract import stage as extract_stage
 from realsyn.retrieve import stage as retrieve_stage
 from realsyn.runtime.context import Context
-from realsyn.runtime.executor import cpu_count
-from realsyn.runtime.progress import bar
 from realsyn.runtime.workspace import summarize, write_table
 
 NAME = "synth"
@@ -196,13 +194,9 @@ def run(ctx: Context, key: str) -> dict:
     pairs = ws.parts(retrieve_stage.NAME, "pairs")
     todo = [p for p in pairs if not (out / p.name).exists()]
     blobs = _blob_parts(ws.dir(extract_stage.NAME), todo) if todo else {}
-    threads = max(1, cpu_count() // max(1, ctx.executor.workers))
-    tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed, threads)
-             for p in todo]
-    progress = bar("synth", "images")
-    for n in ctx.executor.map(_process, tasks):
-        progress.update(n)
-    progress.close()
+    tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed,
+                   ctx.executor.threads_per_worker) for p in todo]
+    ctx.executor.run(_process, tasks, "synth", "images")
     counts = _summary([out / p.name for p in pairs])
     ws.finish(NAME, counts, time.time() - started)
     return counts
