@@ -148,11 +148,67 @@ class ReportConfig(_Section):
     gallery: int = Field(12, ge=0, description="Sample images shown with their four texts.")
 
 
+class DownloadConfig(_Section):
+    enabled: bool = Field(False, description="Fetch images that exist only as http(s) URLs (OBELICS / MMC4 inputs); off = such images are rejected as `not_downloaded`. Each URL's outcome is kept in extract/downloads/ and cached in WORK/download/; a re-run retries only the URLs that failed.")
+    threads: int = Field(16, ge=1, le=256, description="Download threads per worker process (img2dataset's default: 16 per process).")
+    timeout: float = Field(10.0, gt=0, description="Seconds allowed for one attempt: connecting, each read, and the whole body (img2dataset's default: 10).")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts after a transient failure (timeout, connection error, HTTP 408/429/5xx); other failures are final.")
+    backoff: float = Field(0.5, ge=0, description="Seconds before the first retry, doubled for each further one.")
+    max_redirects: int = Field(5, ge=0, le=30, description="Redirects followed per URL; every hop is checked again (scheme, address).")
+    max_bytes: int = Field(20_000_000, ge=1, description="Largest image body in bytes; a longer one (or a larger Content-Length) is abandoned as `too_large`.")
+    user_agent: str = Field("realsyn/0.1 (image-text dataset builder; +https://github.com/realsyn)", min_length=1, description="User-Agent header sent with every request.")
+    disallowed_directives: list[str] = Field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"], description="An `X-Robots-Tag` response header with one of these directives (for all agents or for ours) makes the image refused as `robots_disallowed` (img2dataset's defaults); [] = ignore the header.")
+    allow_private: bool = Field(False, description="Fetch from private, loopback, link-local, multicast and other non-public addresses. Off: such addresses are refused after DNS resolution and after every redirect (`private_address`), and the connection goes to the checked address (no DNS rebinding).")
+    allow_hosts: list[str] = Field(default_factory=list, description="Exceptions to the address rule: `IP:PORT`, `IP` or a network `CIDR` (e.g. `127.0.0.1:8080`, `10.1.0.0/16`) that may be fetched although not public; matched against the resolved address.")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host_rule(entry)
+        return value
+
+
+def host_rule(entry: str) -> tuple[Any, int | None]:
+    """`IP:PORT`, `[IPv6]:PORT`, `IP` or `CIDR` -> (ip_network, port or None); ValueError if malformed."""
+    import ipaddress
+
+    host, port = entry.strip(), None
+    if host.startswith("[") and "]:" in host:
+        host, _, p = host[1:].partition("]:")
+        port = int(p)
+    elif host.count(":") == 1:
+        host, _, p = host.partition(":")
+        port = int(p)
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"allow_hosts entry '{entry}': bad port")
+    try:
+        return ipaddress.ip_network(host.strip("[]"), strict=False), port
+    except ValueError:
+        raise ValueError(f"allow_hosts entry '{entry}' must be IP:PORT, IP or CIDR (addresses, not names)") from None
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray cluster to join: `HOST:PORT` of a `ray start --head` node, `auto` (the cluster `ray start` started on this node) or `ray://HOST:10001` (Ray Client); null = $RAY_ADDRESS when set, else a fresh local cluster started for the run and stopped after it.")
+    num_cpus: dict[str, float] = Field(default_factory=lambda: {"default": 1.0}, description="CPUs reserved by one task, per stage name (extract, embed, retrieve, synth, export) or `default` for the stages not listed; fractions allowed. Model stages use max(1, int(default)) math threads per task.")
+    num_gpus: dict[str, float] = Field(default_factory=lambda: {"default": 0.0}, description="GPUs reserved by one task, per stage name or `default`; fractions share a GPU (e.g. {embed: 0.25} runs four embed tasks per GPU). Set runtime.device too (auto picks the GPU Ray assigns).")
+    max_retries: int = Field(3, ge=0, le=100, description="Extra attempts of a part whose worker died or whose task raised; a part still failing then is reported with its error after the other parts finish, and the run stops non-zero (a re-run retries only the missing parts).")
+    object_store_mb: int = Field(0, ge=0, description="Object store size of a local cluster started for the run, in MiB; 0 = Ray's default (30% of RAM). Ignored when joining a cluster.")
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(v < 0 for v in value.values()):
+            raise ValueError("resources must be >= 0")
+        return value
+
+
 class RuntimeConfig(_Section):
-    executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster.")
-    workers: int = Field(0, ge=0, description="Worker processes for the local executor; 0 = one per CPU core.")
+    executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster (see runtime.ray and docs/ray.md).")
+    workers: int = Field(0, ge=0, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, tasks in flight (0 = twice the cluster's CPUs; a local cluster started for the run gets this many CPUs).")
     seed: int = Field(0, description="Seed for every random choice (k-means, sampling); same input + config + seed = same output.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where torch models run: auto (GPU when visible), cpu, cuda, cuda:N.")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class Config(_Section):
@@ -165,6 +221,7 @@ class Config(_Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
 
     def section_hash(self, *names: str) -> str:
         """A short hash of the named sections or fields (dotted, e.g. `models.joint`) plus the

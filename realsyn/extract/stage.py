@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.config import Config, ExtractConfig, ModelsConfig
+from realsyn.config import Config, DownloadConfig, ExtractConfig, ModelsConfig
 from realsyn.dedup import first_occurrence, near_duplicates
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
+from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_documents
 from realsyn.io.readers import read_documents
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
@@ -47,6 +48,8 @@ SENTENCE_SCHEMA = pa.schema([
     ("status", pa.string()), ("reason", pa.string()),
 ])
 BLOB_SCHEMA = pa.schema([("image_id", pa.string()), ("data", pa.binary())])
+DOWNLOAD_SCHEMA = pa.schema(list(zip(STATUS_COLUMNS, (pa.string(), pa.string(), pa.string(), pa.int32(), pa.string(),
+                                                     pa.int32(), pa.int64(), pa.bool_()))))
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class _Task:
     models: ModelsConfig
     device: str
     out: Path
+    download: DownloadConfig | None = None
 
 
 def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
@@ -72,8 +76,11 @@ def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
 
 def _process(task: _Task) -> int:
     """Phase 1 for one part (runs in a worker). Returns the number of documents."""
-    rows = extract_documents(task.docs, task.cfg, scorers(task.cfg, task.models, task.device))
     name = part_name(task.index)
+    if task.download is not None and task.download.enabled:  # URL-only images: fetch (cache in WORK/download)
+        fetched = download_documents(task.docs, task.download, DownloadCache(task.out.parent / "download"))
+        write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA), task.out / "downloads" / name)
+    rows = extract_documents(task.docs, task.cfg, scorers(task.cfg, task.models, task.device))
     write_table(pa.table(rows.blobs, schema=BLOB_SCHEMA), task.out / "blobs" / name)
     write_table(pa.table(rows.sentences, schema=SENTENCE_SCHEMA), task.out / "_raw" / "sentences" / name)
     write_table(pa.table(rows.images, schema=IMAGE_SCHEMA), task.out / "_raw" / "images" / name)  # last: done mark
@@ -97,7 +104,11 @@ def stage_key(ctx: Context) -> str:
     c = ctx.cfg
     models = [f"models.{m}" for m, on in (("llm", c.extract.sentences.perplexity), ("nsfw", c.extract.images.max_nsfw is not None),
                                            ("langid", bool(c.extract.sentences.languages))) if on]
-    return f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs)}"
+    key = f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs)}"
+    if c.download.enabled:  # the failure set, read once per run: a re-run retries the failed URLs
+        state = ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
+        key += f"-{c.section_hash('download')}{state}"
+    return key
 
 
 def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int]:
@@ -112,7 +123,7 @@ def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor)
             if (out / "_raw" / "images" / part_name(i)).exists():
                 progress.update(len(docs))
                 continue
-            yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, out)
+            yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, out, cfg.download)
 
     for docs in executor.map(_process, tasks()):
         progress.update(docs)

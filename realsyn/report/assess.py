@@ -63,7 +63,7 @@ def entities(text: str) -> set[str]:
 def entity_overlap(a: Sequence[str], b: Sequence[str], top: int = 15) -> dict[str, Any]:
     """Unique entities of two text sets (as the paper's Venn diagram) and the most frequent ones."""
     per_a, per_b = [entities(t) for t in a], [entities(t) for t in b]
-    ca, cb = Counter(e for s in per_a for e in s), Counter(e for s in per_b for e in s)
+    ca, cb = Counter(e for s in per_a for e in sorted(s)), Counter(e for s in per_b for e in sorted(s))  # sorted: same ties on every run
     return {"a_unique": len(ca), "b_unique": len(cb), "shared": len(ca.keys() & cb.keys()),
             "a_only": len(ca.keys() - cb.keys()), "b_only": len(cb.keys() - ca.keys()),
             "a_per_text": float(np.mean([len(s) for s in per_a])) if a else 0.0,

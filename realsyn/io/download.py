@@ -1,0 +1,323 @@
+"""Safe image download for inputs whose images are only URLs (OBELICS, MMC4), off by default.
+
+img2dataset-grade behaviour (config section `download`): a pool of threads per worker process,
+a time limit per attempt (connect, each read and the whole body), retries with backoff for
+transient failures only (timeouts, connection errors, HTTP 408/429/5xx), redirects followed up to
+a limit, a size cap (Content-Length and the bytes actually read), and the `X-Robots-Tag` header
+honoured (`noai`, `noimageai`, ... for every agent or for `realsyn`).
+
+Server-side request forgery guard: every host (the first one and every redirect target) is
+resolved once; if any of its addresses is not public (private, loopback, link-local, multicast,
+reserved, unspecified, shared, IPv4-mapped forms of those) the URL is refused as
+`private_address` unless `allow_private` or an `allow_hosts` rule admits it. The connection is
+then made to the checked address itself (the Host header and TLS SNI / certificate check keep
+the name), so a second DNS answer cannot point it elsewhere (DNS rebinding).
+
+Every URL gets a `Fetched` record: status `ok` or `error`, a precise error (`timeout`,
+`connection_error`, `dns_error`, `private_address`, `too_large`, `too_many_redirects`,
+`robots_disallowed`, `http_NNN`, `bad_url`, `unsupported_scheme`, `ssl_error`, `empty`), the
+HTTP status, the final URL and the number of attempts. `DownloadCache` keeps them on disk, one
+file per URL, so that a re-run fetches only the URLs that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, LocationParseError, NewConnectionError,
+                                ReadTimeoutError, SSLError)
+
+from realsyn.config import DownloadConfig, host_rule
+from realsyn.io.documents import Document, stable_id
+from realsyn.runtime.workspace import atomic_path
+
+__all__ = ["Fetched", "Downloader", "DownloadCache", "download_documents", "STATUS_COLUMNS", "TRANSIENT"]
+
+REDIRECTS = (301, 302, 303, 307, 308)
+#: Errors worth another attempt in the same run (a re-run retries every failure).
+TRANSIENT = frozenset({"timeout", "connection_error", "http_408", "http_429"} | {f"http_{c}" for c in range(500, 600)})
+#: Columns of the per-URL status table (extract/downloads/part-NNNNN.parquet).
+STATUS_COLUMNS = ("url", "status", "error", "http_status", "final_url", "attempts", "size", "cached")
+_UA_TOKEN = "realsyn"
+_CHUNK = 1 << 16
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+@dataclass
+class Fetched:
+    """The outcome for one URL; `data` holds the body when status is `ok`."""
+
+    url: str
+    status: str
+    error: str | None = None
+    http_status: int | None = None
+    final_url: str | None = None
+    attempts: int = 0
+    data: bytes | None = None
+    cached: bool = False
+
+    def row(self) -> dict[str, Any]:
+        return {"url": self.url, "status": self.status, "error": self.error, "http_status": self.http_status,
+                "final_url": self.final_url, "attempts": self.attempts,
+                "size": len(self.data) if self.data is not None else None, "cached": self.cached}
+
+
+class _Fail(Exception):
+    def __init__(self, error: str, http_status: int | None = None, final_url: str | None = None):
+        super().__init__(error)
+        self.error, self.http_status, self.final_url = error, http_status, final_url
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (IPv4 and IPv6), in the resolver's order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+
+
+def robots_disallowed(values: Iterable[str], disallowed: Sequence[str], token: str = _UA_TOKEN) -> bool:
+    """True when an `X-Robots-Tag` value (`noai, noimageai` or `agent: noai`) disallows us
+    (img2dataset's rule: directives without an agent, or for our agent token)."""
+    wanted = {d.lower() for d in disallowed}
+    for value in values:
+        parts = value.split(":", 1)
+        agent = parts[0].strip().lower() if len(parts) == 2 else None
+        if agent in (None, token) and any(d.strip().lower() in wanted for d in parts[-1].split(",")):
+            return True
+    return False
+
+
+class Downloader:
+    """Fetches URLs under the rules of a `DownloadConfig`; thread-safe (one pool per request)."""
+
+    def __init__(self, cfg: DownloadConfig, resolver: Resolver = system_resolver):
+        self.cfg = cfg
+        self.resolver = resolver
+        self.rules = [host_rule(r) for r in cfg.allow_hosts]
+
+    # -- address policy ---------------------------------------------------------------------
+
+    def allowed(self, address: str, port: int) -> bool:
+        """May we connect to `address`:`port`? Public unicast addresses, or an allow rule."""
+        ip = ipaddress.ip_address(address)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net and (p is None or p == port) for net, p in self.rules):
+            return True
+        return self.cfg.allow_private or (ip.is_global and not ip.is_multicast)
+
+    def _address(self, host: str, port: int) -> str:
+        """The one address to connect to, after checking every address `host` resolves to."""
+        try:
+            addresses = [str(ipaddress.ip_address(host))]  # a literal: no DNS
+        except ValueError:
+            try:
+                addresses = list(self.resolver(host, port))
+            except (OSError, UnicodeError):
+                raise _Fail("dns_error") from None
+        if not addresses:
+            raise _Fail("dns_error")
+        if not all(self.allowed(a, port) for a in addresses):
+            raise _Fail("private_address")
+        return addresses[0]
+
+    # -- one request ------------------------------------------------------------------------
+
+    def _request(self, url: str, deadline: float) -> urllib3.BaseHTTPResponse:
+        try:
+            u = urllib3.util.parse_url(url)
+        except LocationParseError:
+            raise _Fail("bad_url") from None
+        scheme = (u.scheme or "").lower()
+        if scheme not in ("http", "https"):
+            raise _Fail("unsupported_scheme" if scheme else "bad_url")
+        host = (u.host or "").strip("[]")
+        if not host:
+            raise _Fail("bad_url")
+        port = u.port or (443 if scheme == "https" else 80)
+        address = self._address(host, port)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Fail("timeout")
+        timeout = urllib3.Timeout(connect=min(self.cfg.timeout, left), read=min(self.cfg.timeout, left))
+        name = f"[{host}]" if ":" in host else host
+        headers = {"Host": name if u.port in (None, 443 if scheme == "https" else 80) else f"{name}:{port}",
+                   "User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.8",
+                   "Accept-Encoding": "identity"}
+        if scheme == "https":
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                address, port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
+                server_hostname=host, assert_hostname=host)
+        else:
+            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+        try:
+            return pool.urlopen("GET", u.request_uri, headers=headers, redirect=False, retries=False,
+                                preload_content=False, assert_same_host=False, release_conn=False)
+        except (ConnectTimeoutError, ReadTimeoutError, socket.timeout, TimeoutError):
+            raise _Fail("timeout") from None
+        except SSLError:
+            raise _Fail("ssl_error") from None
+        except (NewConnectionError, HTTPError, OSError):
+            raise _Fail("connection_error") from None
+
+    def _body(self, resp: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        length = resp.headers.get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > self.cfg.max_bytes:
+            raise _Fail("too_large")
+        buf = bytearray()
+        try:
+            while True:
+                chunk = resp.read1(_CHUNK)  # at most one recv: a trickling server meets the deadline
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > self.cfg.max_bytes:
+                    raise _Fail("too_large")
+                if time.monotonic() > deadline:
+                    raise _Fail("timeout")
+        except (ReadTimeoutError, socket.timeout, TimeoutError):
+            raise _Fail("timeout") from None
+        except (HTTPError, OSError):
+            raise _Fail("connection_error") from None
+        return bytes(buf)
+
+    def _attempt(self, url: str) -> tuple[bytes, int, str]:
+        """One attempt: follow redirects, return (body, status, final URL) or raise _Fail."""
+        deadline = time.monotonic() + self.cfg.timeout
+        current, last = url, None
+        for _ in range(self.cfg.max_redirects + 1):
+            try:
+                resp = self._request(current, deadline)
+            except _Fail as exc:  # keep where it happened: the last status and the refused URL
+                raise _Fail(exc.error, last, current if last else None) from None
+            last = resp.status
+            try:
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECTS and location:
+                    try:
+                        current = urljoin(current, location.strip())
+                    except ValueError:
+                        raise _Fail("bad_url", resp.status, current) from None
+                    continue
+                if not 200 <= resp.status < 300:
+                    raise _Fail(f"http_{resp.status}", resp.status, current)
+                if self.cfg.disallowed_directives and robots_disallowed(
+                        resp.headers.getlist("X-Robots-Tag"), self.cfg.disallowed_directives):
+                    raise _Fail("robots_disallowed", resp.status, current)
+                try:
+                    body = self._body(resp, deadline)
+                except _Fail as exc:
+                    raise _Fail(exc.error, resp.status, current) from None
+                if not body:
+                    raise _Fail("empty", resp.status, current)
+                return body, resp.status, current
+            finally:
+                resp.release_conn()
+                resp.close()
+        raise _Fail("too_many_redirects", None, current)
+
+    def fetch(self, url: str) -> Fetched:
+        """Fetch one URL, retrying transient failures; never raises."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                body, status, final = self._attempt(url)
+                return Fetched(url, "ok", None, status, final, attempts, body)
+            except _Fail as exc:
+                failed = Fetched(url, "error", exc.error, exc.http_status, exc.final_url, attempts)
+            except Exception as exc:  # noqa: BLE001 - robustness: one URL never fails a part
+                failed = Fetched(url, "error", f"unexpected_{type(exc).__name__}", None, None, attempts)
+            if failed.error not in TRANSIENT or attempts > self.cfg.retries:
+                return failed
+            time.sleep(self.cfg.backoff * 2 ** (attempts - 1))
+
+    def fetch_many(self, urls: Sequence[str]) -> list[Fetched]:
+        """Fetch URLs with `threads` threads; results in the order of `urls`."""
+        if not urls:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.cfg.threads, len(urls))) as pool:
+            return list(pool.map(self.fetch, urls))
+
+
+class DownloadCache:
+    """Outcomes kept on disk under `root`, one file per URL (named by a hash of the URL, never by
+    anything taken from it): `ID.bin` + `ID.ok.json` for a fetched image, `ID.err.json` for a
+    failure. Only successes are served; failures are fetched again."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _base(self, url: str) -> Path:
+        uid = stable_id("download", url, length=32)
+        return self.root / uid[:2] / uid
+
+    def get(self, url: str) -> Fetched | None:
+        base = self._base(url)
+        try:
+            meta = json.loads(base.with_name(base.name + ".ok.json").read_text())
+            data = base.with_name(base.name + ".bin").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            return None
+        return Fetched(url, "ok", None, meta.get("http_status"), meta.get("final_url"), meta.get("attempts", 0),
+                       data, cached=True)
+
+    def put(self, result: Fetched) -> None:
+        base = self._base(result.url)
+        meta = {k: v for k, v in asdict(result).items() if k not in ("data", "cached")}
+        err = base.with_name(base.name + ".err.json")
+        if result.status == "ok" and result.data is not None:
+            meta["sha256"] = hashlib.sha256(result.data).hexdigest()
+            with atomic_path(base.with_name(base.name + ".bin")) as tmp:
+                tmp.write_bytes(result.data)
+            with atomic_path(base.with_name(base.name + ".ok.json")) as tmp:
+                tmp.write_text(json.dumps(meta, sort_keys=True))
+            err.unlink(missing_ok=True)
+        else:
+            with atomic_path(err) as tmp:
+                tmp.write_text(json.dumps(meta, sort_keys=True))
+
+    def failures(self) -> list[str]:
+        """Ids of the URLs whose last attempt failed (sorted)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(n[:-9] for d in os.scandir(self.root) if d.is_dir()
+                      for n in os.listdir(d.path) if n.endswith(".err.json"))
+
+    def state(self) -> str:
+        """A short hash of the failure set: it changes when a failure is retried or recovers."""
+        return hashlib.sha256("\n".join(self.failures()).encode()).hexdigest()[:16]
+
+
+def download_documents(docs: Sequence[Document], cfg: DownloadConfig, cache: DownloadCache,
+                       downloader: Downloader | None = None) -> list[Fetched]:
+    """Fill in the image items of `docs` that have a URL but no bytes: cached successes are
+    reused, everything else is fetched (`threads` at a time). A failed item gets
+    `error='download_<error>'`. Returns one record per distinct URL, in order of appearance."""
+    items = [i for d in docs for i in d.items if i.kind == "image" and i.data is None and i.url and not i.error]
+    urls = list(dict.fromkeys(i.url for i in items))
+    results = {u: r for u in urls if (r := cache.get(u)) is not None}
+    todo = [u for u in urls if u not in results]
+    for res in (downloader or Downloader(cfg)).fetch_many(todo):
+        cache.put(res)
+        results[res.url] = res
+    for item in items:
+        res = results[item.url]
+        if res.status == "ok":
+            item.data = res.data
+        else:
+            item.error = f"download_{res.error}"
+    return [results[u] for u in urls]
