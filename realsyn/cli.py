@@ -65,7 +65,7 @@ def _context(work: Path, config: Path | None, sets: list[str] | None, executor: 
     ws = Workspace(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(to_yaml(cfg))
-    return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers), list(inputs or []))
+    return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), list(inputs or []))
 
 
 def _guard(fn: Callable[[], Any]) -> Any:

@@ -113,9 +113,10 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
+    todo = [(kind, i) for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
+    threads = ctx.executor.threads_for(len(todo))
     tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
-                   cfg.models.batch_size, cfg.embed.dtype, ctx.executor.threads_per_worker)
-             for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
+                   cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo]
     ctx.executor.run(_process, tasks, "embed", "items")
     counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed)),
               "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}

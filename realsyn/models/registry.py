@@ -8,8 +8,12 @@ once. Backend modules are imported lazily: an optional dependency is only needed
 from __future__ import annotations
 
 import importlib
+import os
 from functools import lru_cache
 from typing import Any, Callable
+
+# Weight-loading bars of transformers / huggingface_hub would interleave with the stage's own bar.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # (role, name) -> "module:factory". A factory takes (args: str, device: str) and returns a backend.
 _BACKENDS: dict[tuple[str, str], str] = {

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -275,11 +275,12 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
-    threads = ctx.executor.threads_per_worker
     _build_index(ctx, out, n_parts, cpu_count())
     sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
     starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    ctx.executor.run(_process, _plan(ws.root, starts, cfg.retrieve, threads), "retrieve", "images")
+    tasks = _plan(ws.root, starts, cfg.retrieve, 1)
+    threads = ctx.executor.threads_for(len(tasks))
+    ctx.executor.run(_process, [replace(t, threads=threads) for t in tasks], "retrieve", "images")
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
     counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],

@@ -4,16 +4,20 @@ The contract a stage relies on: `map(fn, tasks)` calls the picklable top-level `
 anywhere, in any order, and yields each result as it completes. Each task writes its own output
 part atomically, so results can arrive in any order and the output is still deterministic.
 Tasks are consumed lazily with a bounded number in flight, so a streamed input never piles up in
-memory. A Ray executor implements the same two methods.
+memory. The Ray executor (`ray_executor.py`) implements the same contract on a cluster.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    from realsyn.config import RayConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,10 +35,10 @@ class Executor(ABC):
 
     workers: int
 
-    @property
-    def threads_per_worker(self) -> int:
-        """Math-library threads each worker may use without oversubscribing this machine."""
-        return max(1, cpu_count() // max(1, self.workers))
+    def threads_for(self, tasks: int) -> int:
+        """Math-library threads per task when `tasks` tasks are to run: the machine's cores shared
+        by the workers that will be busy (one task alone gets every core)."""
+        return max(1, cpu_count() // max(1, min(self.workers, tasks)))
 
     def run(self, fn: Callable[[T], int], tasks: Iterable[T], desc: str, unit: str,
             total: int | None = None) -> int:
@@ -96,10 +100,16 @@ class LocalExecutor(Executor):
             self._pool = None
 
 
-def make_executor(kind: str, workers: int = 0) -> Executor:
-    """The executor named in the config (`local`; `ray` arrives with the scale-out work)."""
+def make_executor(kind: str, workers: int = 0, ray: "RayConfig | None" = None) -> Executor:
+    """The executor named in the config: `local`, or `ray` (settings from `runtime.ray`)."""
     if kind == "local":
         return LocalExecutor(workers)
     from realsyn.config import ConfigError
 
-    raise ConfigError(f"executor '{kind}' is not available yet; use 'local'")
+    if kind != "ray":
+        raise ConfigError(f"unknown executor '{kind}'; use 'local' or 'ray'")
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor 'ray' needs Ray: pip install 'realsyn[ray]'")
+    from realsyn.runtime.ray_executor import RayExecutor
+
+    return RayExecutor(ray, workers)

@@ -194,8 +194,9 @@ def run(ctx: Context, key: str) -> dict:
     pairs = ws.parts(retrieve_stage.NAME, "pairs")
     todo = [p for p in pairs if not (out / p.name).exists()]
     blobs = _blob_parts(ws.dir(extract_stage.NAME), todo) if todo else {}
-    tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed,
-                   ctx.executor.threads_per_worker) for p in todo]
+    threads = ctx.executor.threads_for(len(todo))
+    tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed, threads)
+             for p in todo]
     ctx.executor.run(_process, tasks, "synth", "images")
     counts = _summary([out / p.name for p in pairs])
     ws.finish(NAME, counts, time.time() - started)

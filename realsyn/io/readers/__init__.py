@@ -18,6 +18,18 @@ class InputError(ValueError):
 
 from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402  (they import InputError)
 
+def _container_files(folder: Path) -> list[Path]:
+    """The files under `folder` whose suffix names a format, in sorted order."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and any(p.name.lower().endswith(s) for s in SUFFIXES))
+
+
+def _read_folder(folder: Path) -> Iterator[Document]:
+    """A folder of input files (e.g. several .zim or .warc.gz): each file read in sorted order."""
+    for path in _container_files(folder):
+        yield from read_documents(path)
+
+
 READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
     "zim": zim.read,
     "mmc4": mmc4.read,
@@ -25,11 +37,12 @@ READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
     "warc": warc.read,
     "htmldir": htmldir.read,
     "epub": epub.read,
+    "folder": _read_folder,
 }
 SUFFIXES = {".zim": "zim", ".jsonl": "mmc4", ".jsonl.gz": "mmc4", ".parquet": "obelics",
             ".warc": "warc", ".warc.gz": "warc", ".epub": "epub"}
 SUPPORTED = ("supported: .zim, .jsonl[.gz] (MMC4), .parquet (OBELICS), .warc[.gz], .epub or an unpacked "
-             "EPUB folder, a folder of .html files")
+             "EPUB folder, a folder of .html files, a folder of such files")
 
 
 def detect(path: Path) -> str:
@@ -42,6 +55,8 @@ def detect(path: Path) -> str:
             return "epub"
         if htmldir.has_html(path):
             return "htmldir"
+        if _container_files(path):
+            return "folder"
         raise InputError(f"unknown input format: folder {path} has no .html files and is not an EPUB ({SUPPORTED})")
     name = path.name.lower()
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
