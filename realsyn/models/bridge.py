@@ -90,10 +90,5 @@ class BridgeEmbedder:
 
 
 def build(args: str, device: str) -> BridgeEmbedder:
-    try:
-        k = int(args) if args else 10
-    except ValueError:
-        raise registry.ModelError(f"bridge args must be the top-k count, got '{args}'") from None
-    if not 1 <= k <= 1000:
-        raise registry.ModelError(f"bridge top-k must be in 1..1000, got {k}")
+    k = registry.int_arg(args, 10, "bridge", "the top-k count", 1, 1000)
     return BridgeEmbedder(registry.resolve_device(device), k)

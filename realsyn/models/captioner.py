@@ -57,10 +57,5 @@ class TagCaptioner:
 
 
 def build(args: str, device: str) -> TagCaptioner:
-    try:
-        max_names = int(args) if args else 2
-    except ValueError:
-        raise registry.ModelError(f"tags args must be the number of names, got '{args}'") from None
-    if max_names < 1:
-        raise registry.ModelError(f"tags needs at least one name, got {max_names}")
+    max_names = registry.int_arg(args, 2, "tags", "the number of names")
     return TagCaptioner(registry.load("tagger", "effnet", device), max_names)

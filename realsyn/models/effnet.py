@@ -216,10 +216,7 @@ def readable(name: str) -> str:
 
 
 def _batch_arg(args: str) -> int:
-    try:
-        return int(args) if args else BATCH
-    except ValueError:
-        raise registry.ModelError(f"effnet args must be a batch size, got '{args}'") from None
+    return registry.int_arg(args, BATCH, "effnet", "a batch size")
 
 
 class EffnetTagger:

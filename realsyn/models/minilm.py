@@ -116,8 +116,5 @@ class MiniLMEmbedder:
 
 
 def build(args: str, device: str) -> MiniLMEmbedder:
-    try:
-        batch = int(args) if args else 64
-    except ValueError:
-        raise registry.ModelError(f"minilm args must be a batch size, got '{args}'") from None
+    batch = registry.int_arg(args, 64, "minilm", "a batch size")
     return MiniLMEmbedder(registry.resolve_device(device), batch)

@@ -43,8 +43,4 @@ class OpenNSFW:
 
 def build(args: str, device: str) -> OpenNSFW:
     """CPU onnxruntime whatever `device` says (the package pins the CPU provider)."""
-    try:
-        batch = int(args) if args else 16
-    except ValueError:
-        raise registry.ModelError(f"open-nsfw args must be a batch size, got '{args}'") from None
-    return OpenNSFW(batch)
+    return OpenNSFW(registry.int_arg(args, 16, "open-nsfw", "a batch size"))

@@ -65,6 +65,17 @@ def load(role: str, spec: str, device: str = "auto") -> Any:
     return _factory(role, name)(args, device)
 
 
+def int_arg(args: str, default: int, backend: str, meaning: str, low: int = 1, high: int | None = None) -> int:
+    """The integer in a spec's ARGS (`default` when empty), or a one-line ModelError."""
+    try:
+        value = int(args) if args else default
+    except ValueError:
+        raise ModelError(f"{backend} args must be {meaning}, got '{args}'") from None
+    if value < low or (high is not None and value > high):
+        raise ModelError(f"{backend} args must be {meaning} in [{low}, {high or 'inf'}], got {value}")
+    return value
+
+
 def resolve_device(device: str) -> str:
     """`auto` -> `cuda` when torch sees a GPU, else `cpu`; other values pass through."""
     if device != "auto":
