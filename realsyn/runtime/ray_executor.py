@@ -1,0 +1,180 @@
+"""The Ray executor: a stage's parts run as Ray tasks on a cluster (issue 8).
+
+Each part is one Ray task (`_run_part`), submitted as the stage's task iterator yields it, with at
+most `workers` (or twice the cluster's CPUs) in flight; results come back in completion order, as
+with the local executor. Resources per task come from `runtime.ray.num_cpus` / `num_gpus`, keyed by
+the stage that owns the task function (`realsyn.<stage>.…`).
+
+Model stages need no actors: the task function is declared with `max_calls=0`, so Ray keeps and
+reuses its worker processes (GPU ones included), and `realsyn.models.load` is lru-cached per
+process, so each worker loads a model once and then takes part after part (a part is the batch).
+
+Failures: a part whose worker dies (killed, out of memory, node lost) or whose task raises is
+retried up to `max_retries` times. Parts are written under a temporary name and renamed, so a
+killed attempt leaves no half-written part, and retries rewrite the same bytes. A part that still
+fails is logged with its error; the other parts run to the end, then `PartsFailed` stops the run.
+
+Workers open the same paths as the driver (after `chdir` to the driver's working directory): the
+workspace and the inputs must be on a filesystem every node mounts at the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from realsyn.config import RayConfig
+from realsyn.runtime.context import PipelineError
+from realsyn.runtime.executor import Executor
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+# Environment passed on to the workers (offline model settings, realsyn's own switches).
+FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
+# Test-only fault injection: kill the worker once per listed stage, mid-part (see `_kill_hook`).
+KILL_STAGES, KILL_DIR, KILL_AFTER = "REALSYN_TEST_KILL_STAGES", "REALSYN_TEST_KILL_DIR", "REALSYN_TEST_KILL_AFTER"
+
+
+class PartsFailed(PipelineError):
+    """Some parts kept failing after their retries; the others finished."""
+
+
+def stage_of(fn: Callable[..., Any]) -> str:
+    """The stage owning a task function: `realsyn.embed.stage._process` -> `embed`."""
+    parts = fn.__module__.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def describe(task: Any) -> str:
+    """A short label of a task: its scalar and path fields (never its payload)."""
+    if not is_dataclass(task):
+        return type(task).__name__
+    shown = []
+    for f in fields(task):
+        v = getattr(task, f.name)
+        if isinstance(v, (int, str)) and len(str(v)) <= 40:
+            shown.append(f"{f.name}={v!r}")
+        elif isinstance(v, Path):
+            shown.append(f"{f.name}={v.name}")
+        elif isinstance(v, tuple) and all(isinstance(x, int) for x in v):
+            shown.append(f"{f.name}={list(v)}")
+    return f"{type(task).__name__}({', '.join(shown)})"
+
+
+def _kill_hook(stage: str) -> Callable[[], None] | None:
+    """Test hook: when REALSYN_TEST_KILL_STAGES lists `stage` and this task is the first to claim
+    its marker in REALSYN_TEST_KILL_DIR, SIGKILL this worker after REALSYN_TEST_KILL_AFTER seconds
+    (mid-part). Returns the kill, for when the part ends first (its result is then lost)."""
+    if stage not in os.environ.get(KILL_STAGES, "").split(","):
+        return None
+    try:
+        os.close(os.open(Path(os.environ[KILL_DIR]) / f"killed-{stage}", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Timer(float(os.environ.get(KILL_AFTER, "0.3")), die).start()
+    return die
+
+
+def _run_part(fn: Callable[[T], R], task: T, cwd: str) -> R:
+    """The Ray task: one part, run in the driver's working directory."""
+    if os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
+    die = _kill_hook(stage_of(fn))
+    result = fn(task)
+    if die is not None:
+        die()
+    return result
+
+
+class RayExecutor(Executor):
+    """Runs parts as Ray tasks; connects (or starts a local cluster) on first use."""
+
+    def __init__(self, cfg: RayConfig | None = None, workers: int = 0):
+        self.cfg = cfg or RayConfig()
+        self.workers = workers
+        self._started = False
+        self._remote: Any = None
+
+    def threads_for(self, tasks: int) -> int:
+        """Math threads per task: the CPUs a task reserves by default (at least 1)."""
+        return max(1, int(self.cfg.num_cpus.get("default", 1.0)))
+
+    def _connect(self) -> Any:
+        import ray
+
+        if self._remote is not None:
+            return ray
+        if not ray.is_initialized():
+            address = self.cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+            env = {k: v for k, v in os.environ.items() if k in FORWARD_ENV or k.startswith("REALSYN_")}
+            local = {"num_cpus": self.workers or None, "include_dashboard": False,
+                     "object_store_memory": self.cfg.object_store_mb << 20 or None} if address == "local" else {}
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **local)
+            self._started = True
+            log.info("ray: %s, resources %s", "local cluster" if local else address, ray.cluster_resources())
+        self._remote = ray.remote(max_calls=0)(_run_part)
+        return ray
+
+    def _options(self, stage: str) -> dict[str, Any]:
+        cpus, gpus = self.cfg.num_cpus, self.cfg.num_gpus
+        return {"num_cpus": cpus.get(stage, cpus.get("default", 1.0)),
+                "num_gpus": gpus.get(stage, gpus.get("default", 0.0)),
+                "max_retries": self.cfg.max_retries, "retry_exceptions": True}
+
+    def _in_flight(self, ray: Any) -> int:
+        return self.workers or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        ray = self._connect()
+        stage = stage_of(fn)
+        submit = self._remote.options(**self._options(stage)).remote
+        cap, cwd = self._in_flight(ray), os.getcwd()
+        pending: dict[Any, T] = {}
+        failed: list[tuple[str, str]] = []
+
+        def collect() -> Iterator[R]:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    failed.append((describe(task), cause))
+                    log.error("%s: part %s failed after %d retries: %s", stage, describe(task),
+                              self.cfg.max_retries, exc)
+
+        try:
+            for task in tasks:
+                pending[submit(fn, task, cwd)] = task
+                while len(pending) >= cap:
+                    yield from collect()
+            while pending:
+                yield from collect()
+        finally:
+            for ref in pending:  # interrupted: do not leave work running on the cluster
+                ray.cancel(ref)
+        if failed:
+            first = "; ".join(f"{label}: {cause}" for label, cause in failed[:3])
+            raise PartsFailed(f"{stage}: {len(failed)} part(s) failed after {self.cfg.max_retries} retries "
+                              f"(the others finished; re-run to retry them): {first}")
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+        self._remote = None
+

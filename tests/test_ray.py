@@ -1,0 +1,153 @@
+"""The Ray executor (issue 8): same output as the local executor on a real two-node Ray cluster
+(a head and a worker node on this machine), a killed worker's part retried, a failing part
+reported after the rest finished."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from realsyn.config import ConfigError, RayConfig, load_config
+from realsyn.runtime.executor import make_executor
+
+ray = pytest.importorskip("ray")
+
+from realsyn.runtime.ray_executor import KILL_DIR, KILL_STAGES, PartsFailed, RayExecutor, describe, stage_of  # noqa: E402
+
+# Fast settings: the template LLM (no SmolLM2 generation), no perplexity filter, sentences of 20+
+# words only (1.4k of 3.4k: embedding them dominates the run), 11 parts.
+FAST = ["models.llm=template", "extract.sentences.perplexity=false", "extract.sentences.min_words=20", "extract.docs_per_part=8",
+        "synth.language=null", "report.sim_sample=100", "report.sample=500"]
+NODE = {"num_cpus": 1, "object_store_memory": 150 << 20}
+# Files whose content is a clock reading or a cache (not output): compared without those fields.
+TIMES = {"start_time", "end_time", "duration"}
+
+
+def realsyn(*args: str, env: dict[str, str] | None = None) -> None:
+    cmd = [sys.executable, "-c", "from realsyn.cli import app; app()", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def run_pipeline(zim: Path, out: Path, *options: str, env: dict[str, str] | None = None) -> None:
+    sets = [a for s in FAST for a in ("--set", s)]
+    realsyn("run", str(zim), "--out", str(out), "--quiet", *sets, *options, env=env)
+
+
+def contents(root: Path) -> dict[str, object]:
+    """Every output file of a workspace by relative path, read back as data (not bytes or mtimes)."""
+    out: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or p.name in {"manifest.json", "config.yaml"} or "_cache.sqlite" in p.name \
+                or rel.startswith("report/"):
+            continue
+        if p.suffix == ".parquet":
+            out[rel] = pq.read_table(p).to_pylist()
+        elif p.suffix == ".tar":
+            with tarfile.open(p) as tar:
+                out[rel] = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        elif p.suffix == ".npy":
+            out[rel] = np.load(p).tolist()
+        elif p.suffix == ".json":
+            out[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k not in TIMES}
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def counts(root: Path) -> dict[str, object]:
+    return {k: v["counts"] for k, v in json.loads((root / "manifest.json").read_text())["stages"].items()}
+
+
+def assert_same(a: Path, b: Path) -> None:
+    ca, cb = contents(a), contents(b)
+    assert sorted(ca) == sorted(cb)
+    assert [k for k in ca if ca[k] != cb[k]] == []
+    ma, mb = counts(a), counts(b)
+    for m in (ma, mb):  # the report's size follows its page (paths, times)
+        m.pop("report")
+    assert ma == mb
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a worker node (one CPU each) on this machine; stopped even on failure."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    try:
+        c.add_node(**NODE)
+        c.wait_for_nodes()
+        yield c.address
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def zim(data_dir: Path) -> Path:
+    return data_dir / "wiki-raycharles" / "wikipedia_en_ray_charles_2015-06.zim"
+
+
+@pytest.fixture(scope="module")
+def local_run(zim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "work"
+    run_pipeline(zim, out, "--executor", "local", "--workers", "2")
+    return out
+
+
+def test_make_executor_ray_and_resources():
+    cfg = load_config(None, {"runtime.ray.num_gpus.embed": 0.5, "runtime.ray.num_cpus.extract": 2})
+    ex = make_executor("ray", 3, cfg.runtime.ray)
+    assert isinstance(ex, RayExecutor) and ex.workers == 3
+    assert ex._options("embed")["num_gpus"] == 0.5 and ex._options("embed")["num_cpus"] == 1.0
+    assert ex._options("extract")["num_cpus"] == 2 and ex._options("synth")["num_gpus"] == 0.0
+    with pytest.raises(ConfigError):
+        load_config(None, {"runtime.ray.num_gpus.embed": -1})
+    with pytest.raises(ConfigError):
+        make_executor("dask")
+    from realsyn.embed import stage
+
+    assert stage_of(stage._process) == "embed"
+    assert describe(stage._Task("images", 3, Path("/w/extract"), Path("/w/embed"), "bridge", "cpu", 8, "float16", 1)) \
+        == "_Task(kind='images', index=3, extract_dir=extract, out=embed, model='bridge', device='cpu', batch_size=8, dtype='float16', threads=1)"
+
+
+@pytest.mark.slow
+def test_failing_part_reported_after_the_rest(cluster: str):
+    ex = RayExecutor(RayConfig(address=cluster, max_retries=1))
+    with ex:
+        results, error = [], None
+        try:
+            for r in ex.map(math.sqrt, [4.0, -1.0, 9.0, 16.0]):
+                results.append(r)
+        except PartsFailed as exc:
+            error = str(exc)
+    assert sorted(results) == [2.0, 3.0, 4.0]
+    assert error is not None and "1 part(s) failed" in error and "math domain error" in error
+
+
+@pytest.mark.slow
+def test_ray_cluster_output_equals_local(cluster: str, local_run: Path, zim: Path, tmp_path: Path):
+    run_pipeline(zim, tmp_path / "work", "--executor", "ray", "--set", f"runtime.ray.address={cluster}")
+    assert counts(tmp_path / "work")["extract"]["parts"] > 4
+    assert_same(local_run, tmp_path / "work")
+
+
+@pytest.mark.slow
+def test_killed_worker_part_is_retried(cluster: str, local_run: Path, zim: Path, tmp_path: Path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    run_pipeline(zim, tmp_path / "work", "--executor", "ray", "--set", f"runtime.ray.address={cluster}",
+                 env={KILL_STAGES: "extract,embed", KILL_DIR: str(markers)})
+    assert sorted(p.name for p in markers.iterdir()) == ["killed-embed", "killed-extract"]
+    assert_same(local_run, tmp_path / "work")
