@@ -287,7 +287,7 @@ def to_yaml(cfg: Config, documented: bool = True) -> str:
                 continue
             if field.description:
                 lines.append(f"{pad}# {field.description}")
-            lines.append(f"{pad}{yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]}")
+            lines.append(f"{pad}{yaml.safe_dump({name: value}, default_flow_style=True, width=1000, sort_keys=False).strip()[1:-1]}")
 
     emit(cfg, 0)
     return "\n".join(lines) + "\n"

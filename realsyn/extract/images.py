@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import imagehash
@@ -24,6 +25,32 @@ REASONS = ("empty", "unsupported_format", "decompression_bomb", "too_small", "ba
 #: Pillow formats accepted; anything else (SVG, ICO, PSD, PDF, HTML error pages) is unsupported.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
 _ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """True when the bytes start with the signature of an accepted format: such data that
+    Pillow cannot open is a damaged image (`decode_error`), not an unsupported format."""
+    return (data.startswith((b"\xff\xd8\xff", _PNG_SIGNATURE, b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*"))
+            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or (data[:2] == b"BM" and len(data) > 26))
+
+
+def _png_critical_crc_ok(data: bytes) -> bool:
+    """Check the CRC of every critical PNG chunk (IHDR, PLTE, IDAT, IEND), as libpng does:
+    Pillow skips the IDAT CRCs and may decode a damaged stream into garbage pixels."""
+    pos, n = 8, len(data)
+    while pos + 12 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 8 + length
+        if end + 4 > n:
+            return False  # truncated chunk
+        if kind[:1].isupper() and zlib.crc32(data[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            return False
+        if kind == b"IEND":
+            return True
+        pos = end + 4
+    return False  # no IEND: truncated
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,7 @@ def _inspect(data: bytes, sha: str, min_side: int, min_aspect: float, max_aspect
         except Image.DecompressionBombError:
             return verdict("decompression_bomb")
         except Exception:  # noqa: BLE001 - UnidentifiedImageError, or a plugin choking on a header
-            return verdict("unsupported_format")
+            return verdict("decode_error" if _looks_like_image(data) else "unsupported_format")
         fmt = im.format
         w, h = im.size
         if fmt not in FORMATS:
@@ -113,6 +140,8 @@ def _inspect(data: bytes, sha: str, min_side: int, min_aspect: float, max_aspect
         reason = _size_reason(w, h, min_side, min_aspect, max_aspect)
         if reason is not None:  # cheap header checks first: no decoding for rejected sizes
             return verdict(reason, w, h, fmt)
+        if fmt == "PNG" and not _png_critical_crc_ok(data):
+            return verdict("decode_error", w, h, fmt)
         try:
             im.seek(0)  # animated images: the first frame
             im.load()  # a full decode: truncated or corrupt data fails here
@@ -136,11 +165,12 @@ def inspect_image(data: bytes, *, min_side: int = 100, min_aspect: float = 1 / 3
     """Check one image given as bytes; never raises.
 
     Reasons (None when the image passes), cheapest first so rejected images are not decoded:
-    `empty` (no bytes), `unsupported_format` (Pillow cannot identify it, or a format outside
-    `FORMATS`, e.g. SVG), `decompression_bomb` (the header declares more than `max_pixels`
+    `empty` (no bytes), `unsupported_format` (not an image of an accepted format: SVG, HTML,
+    anything outside `FORMATS`), `decompression_bomb` (the header declares more than `max_pixels`
     pixels; Pillow's default limit), `too_small` (shorter side below `min_side`), `bad_aspect`
-    (width/height outside [`min_aspect`, `max_aspect`]), `decode_error` (truncated or corrupt
-    data found by a full decode, or any unexpected error). Sizes are measured after EXIF
+    (width/height outside [`min_aspect`, `max_aspect`]), `decode_error` (a damaged image: a
+    header Pillow cannot parse behind an accepted format's signature, a bad CRC in a critical
+    PNG chunk, truncated or corrupt data found by a full decode, or any unexpected error). Sizes are measured after EXIF
     orientation; animated images are judged by their first frame. Truncated images are never
     accepted (ImageFile.LOAD_TRUNCATED_IMAGES is left alone).
     """

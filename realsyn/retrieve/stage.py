@@ -77,9 +77,9 @@ def _save_sorted(x: np.ndarray, order: np.ndarray, path: Path, chunk: int = 1 <<
 def _load(path: Path) -> np.ndarray:
     """A read-only memmap of an .npy file (a plain load when it is empty)."""
     try:
-        return np.load(path, mmap_mode="r")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError:
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
 
 
 def _kept_mask(dedup: Path) -> np.ndarray:
@@ -123,7 +123,7 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
     if not (out / "centroids.npy").exists():
         cent = train_kmeans(x, clusters, niter=rc.niter, max_train=rc.max_train, seed=seed) if n else np.zeros((0, d), np.float32)
         _save(cent, out / "centroids.npy")
-    cent = np.load(out / "centroids.npy")
+    cent = np.load(out / "centroids.npy", allow_pickle=False)
     labels = nearest_centroids(x, cent, 1, threads).idx[:, 0] if n else np.zeros(0, np.int64)
     order, offsets = sort_by_group(labels, len(cent))
     _save_sorted(x, order, out / "vectors.npy")
@@ -135,8 +135,8 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
 
 
 def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
-    index = ClusterIndex(np.load(out / "centroids.npy"), _load(out / "vectors.npy"),
-                         np.load(out / "offsets.npy"), _load(out / "order.npy"))
+    index = ClusterIndex(np.load(out / "centroids.npy", allow_pickle=False), _load(out / "vectors.npy"),
+                         np.load(out / "offsets.npy", allow_pickle=False), _load(out / "order.npy"))
     return index, pa.ipc.open_file(pa.memory_map(str(out / "sentences.arrow"))).read_all()
 
 
@@ -163,7 +163,7 @@ def _document_hits(task: _Task, index: ClusterIndex, sentences: pa.Table, q: np.
                    docs: np.ndarray, sizes: list[int]) -> TopK:
     """Document-scope top-k: each part's images against the kept sentences of the same part
     (a document's images and sentences are always in one extract part)."""
-    parts, rank = np.load(task.work / NAME / "parts.npy"), _load(task.work / NAME / "rank.npy")
+    parts, rank = np.load(task.work / NAME / "parts.npy", allow_pickle=False), _load(task.work / NAME / "rank.npy")
     out, lo = [], 0
     for i, size in zip(task.parts, sizes):
         a, b = int(parts[i]), int(parts[i + 1])

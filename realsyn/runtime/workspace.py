@@ -9,9 +9,11 @@ re-run, and a part is never half-written: it is written under a temporary name, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import signal
 import shutil
 import time
 from collections import Counter
@@ -23,6 +25,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_MARK = ".tmp-"
+_FAULT_WRITES = [0]
+
+
+def _fault_hook(path: Path) -> None:
+    """Test hook for fault injection, off unless REALSYN_FAULT=FOLDER:N[:MODE] is set: at the Nth
+    atomic write (in this process) into a path with a FOLDER component (e.g. a stage's folder),
+    after the temporary file is written and before the rename, `kill` (default) sends SIGKILL to
+    this process and `enospc` raises "No space left on device"."""
+    spec = os.environ.get("REALSYN_FAULT")
+    if not spec:
+        return
+    folder, _, rest = spec.partition(":")
+    n, _, mode = rest.partition(":")
+    if folder not in path.parts:
+        return
+    _FAULT_WRITES[0] += 1
+    if _FAULT_WRITES[0] == int(n):
+        if mode == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -32,6 +54,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
+        _fault_hook(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import binascii
 import logging
 import os
 import posixpath
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -23,6 +24,8 @@ Resolver = Callable[[str], "Item | None"]
 """Image item for an `<img src>` value, None to drop the reference (unsupported scheme, empty src)."""
 
 _READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error)
+MAX_FILE_BYTES = 256 << 20
+"""Largest local image file read (256 MiB); a larger one is an item with `error='too_large'`."""
 
 
 def norm(text: str | None) -> str:
@@ -112,6 +115,8 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
             continue
         try:
             data = lookup(cand)
+        except FileRefused as exc:
+            return Item("image", error=exc.reason)
         except _READ_ERRORS as exc:
             log.warning("cannot read %s: %s", cand, exc)
             return Item("image", error="unreadable")
@@ -120,20 +125,45 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
     return Item("image", error="missing")
 
 
+class FileRefused(OSError):
+    """A local file that is not read: not a regular file, too large, or (through a symbolic link)
+    outside the input folder. `reason` is the item error."""
+
+    def __init__(self, reason: str, path: Path):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def read_file(path: Path, root: Path | None = None) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES (never a device, FIFO or socket:
+    `/dev/zero` would never end); with `root`, the resolved path must stay inside it."""
+    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+        raise FileRefused("outside_input", path)
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRefused("not_a_file", path)
+    if st.st_size > MAX_FILE_BYTES:
+        raise FileRefused("too_large", path)
+    return path.read_bytes()
+
+
 def folder_lookup(root: Path) -> Lookup:
-    """A lookup of files under the folder `root`."""
+    """A lookup of files under the folder `root` (symbolic links may not leave it)."""
     def lookup(rel: str) -> bytes | None:
         p = root / rel
-        return p.read_bytes() if p.is_file() else None
+        return read_file(p, root) if p.is_file() else None
     return lookup
 
 
 def file_item(path: Path) -> Item:
-    """An image item with the bytes of a local file, `error='missing'` when it does not exist."""
+    """An image item with the bytes of a local file: `error='missing'` when it does not exist,
+    `not_a_file` / `too_large` when it is refused (see `read_file`), `unreadable` on other errors."""
     try:
-        return Item("image", data=path.read_bytes())
+        return Item("image", data=read_file(path))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return Item("image", error="missing")
+    except FileRefused as exc:
+        return Item("image", error=exc.reason)
     except OSError as exc:
         log.warning("cannot read %s: %s", path, exc)
         return Item("image", error="unreadable")

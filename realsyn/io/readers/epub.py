@@ -12,7 +12,8 @@ from lxml import etree
 
 from realsyn.io.documents import Document, Item
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Lookup, base_name, doc_id, folder_lookup, local_path, log, norm, resolve_relative
+from realsyn.io.readers.base import (MAX_FILE_BYTES, FileRefused, Lookup, base_name, doc_id, folder_lookup, local_path,
+                                     log, norm, resolve_relative)
 from realsyn.io.readers.html import html_to_items
 
 CONTAINER = "META-INF/container.xml"
@@ -85,4 +86,13 @@ def read(path: Path) -> Iterator[Document]:
         raise InputError(f"cannot open EPUB {path}: {exc}") from exc
     with zf:
         names = set(zf.namelist())
-        yield _book(path, name, lambda p: zf.read(p) if p in names else None)
+        yield _book(path, name, partial(_zip_member, zf, names, path))
+
+
+def _zip_member(zf: zipfile.ZipFile, names: set[str], path: Path, member: str) -> bytes | None:
+    """A member's bytes, None when absent; one that inflates beyond MAX_FILE_BYTES is refused."""
+    if member not in names:
+        return None
+    if zf.getinfo(member).file_size > MAX_FILE_BYTES:
+        raise FileRefused("too_large", path / member)
+    return zf.read(member)

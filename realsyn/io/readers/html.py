@@ -59,9 +59,20 @@ def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -
     return _title(root), _Walker(resolve).run(root)
 
 
+def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode error handler: a byte that is not valid UTF-8 is read as windows-1252 (pages that
+    mix encodings, or whose declared UTF-8 is really Latin-1), so neither part turns to mojibake."""
+    bad = err.object[err.start:err.end]
+    return bad.decode("cp1252", "replace"), err.end
+
+
+codecs.register_error("realsyn-cp1252", _cp1252_fallback)
+
+
 def decode_html(data: bytes, encoding: str | None = None) -> str | None:
-    """Bytes -> text: BOM, then `encoding`, then `<?xml encoding>` / `<meta charset>`, then UTF-8,
-    else windows-1252. None for binary data (NUL bytes without a UTF-16/32 BOM)."""
+    """Bytes -> text: BOM, then `encoding`, then `<?xml encoding>` / `<meta charset>`, else UTF-8.
+    Invalid bytes in UTF-8 text (declared or not) are read as windows-1252 one
+    by one. None for binary data (NUL bytes without a UTF-16/32 BOM)."""
     for bom, enc in _BOMS:
         if data.startswith(bom):
             return data[len(bom):].decode(enc, "replace")
@@ -72,11 +83,8 @@ def decode_html(data: bytes, encoding: str | None = None) -> str | None:
     for name in declared:
         codec = _codec(name)
         if codec:
-            return data.decode(codec, "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
+            return data.decode(codec, "realsyn-cp1252" if codec == "utf-8" else "replace")
+    return data.decode("utf-8", "realsyn-cp1252")  # pure windows-1252 comes out whole too
 
 
 def _codec(name: str | None) -> str | None:

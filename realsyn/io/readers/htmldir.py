@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from realsyn.io.documents import Document
-from realsyn.io.readers.base import base_name, doc_id, folder_lookup, log, resolve_relative
+from realsyn.io.readers.base import base_name, doc_id, folder_lookup, log, read_file, resolve_relative
 from realsyn.io.readers.html import html_to_items
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -30,7 +30,7 @@ def read(path: Path) -> Iterator[Document]:
     name, lookup = base_name(root), folder_lookup(root)
     for rel in sorted(p.relative_to(root).as_posix() for p in _html_files(root)):
         try:
-            data = (root / rel).read_bytes()
+            data = read_file(root / rel, root)
         except OSError as exc:
             log.warning("skipping unreadable %s: %s", root / rel, exc)
             continue

@@ -30,11 +30,13 @@ def _json(value: Any) -> Any:
 
 def image_item(value: Any, folder: Path) -> Item | None:
     """An image entry -> item: http(s) URL (url only), `data:` URI, local path (absolute or relative
-    to `folder`; `error='missing'` if absent), raw bytes, or an HF datasets `{bytes, path}` struct."""
+    to `folder`; `error='missing'` if absent, `not_a_file` for a device such as /dev/zero), raw
+    bytes (empty ones too), or an HF datasets `{bytes, path}` struct."""
     if isinstance(value, (bytes, bytearray)):
-        return Item("image", data=bytes(value)) if value else Item("image", error="missing")
+        return Item("image", data=bytes(value))  # b"" too: the extract stage rejects it as `empty`
     if isinstance(value, dict):
-        return image_item(value.get("bytes") or value.get("path"), folder)
+        data = value.get("bytes")
+        return image_item(data if data is not None else value.get("path"), folder)
     if not isinstance(value, str):
         if value is not None:
             log.warning("unsupported image entry of type %s", type(value).__name__)

@@ -10,7 +10,7 @@ from libzim.reader import Archive
 
 from realsyn.io.documents import Document
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import base_name, doc_id, resolve_relative
+from realsyn.io.readers.base import base_name, doc_id, log, resolve_relative
 from realsyn.io.readers.html import html_to_items
 
 
@@ -34,11 +34,16 @@ def read(path: Path) -> Iterator[Document]:
             return None
 
     for i in range(archive.entry_count):  # new scheme: user (C) entries only; old: all entries
-        entry = archive._get_entry_by_id(i)
-        if entry.is_redirect or not (new_scheme or entry.path.startswith(("A/", "C/"))):
+        try:
+            entry = archive._get_entry_by_id(i)
+            if entry.is_redirect or not (new_scheme or entry.path.startswith(("A/", "C/"))):
+                continue
+            item = entry.get_item()
+            if item.mimetype.split(";")[0].strip().lower() != "text/html":
+                continue
+            content = bytes(item.content)
+        except Exception as exc:  # noqa: BLE001 - a damaged cluster (libzim: RuntimeError) spoils its entries only
+            log.warning("%s: skipping entry %d, unreadable (%s)", path, i, exc)
             continue
-        item = entry.get_item()
-        if item.mimetype.split(";")[0].strip().lower() != "text/html":
-            continue
-        title, items = html_to_items(bytes(item.content), partial(resolve_relative, base=entry.path, lookup=lookup))
+        title, items = html_to_items(content, partial(resolve_relative, base=entry.path, lookup=lookup))
         yield Document(doc_id(name, entry.path), entry.path, items, entry.title or title)
