@@ -28,8 +28,10 @@ STOP = {"a", "an", "the", "of", "or", "and", "photo", "in", "on", "with", "to", 
 
 def realsyn(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "realsyn.cli", *args]
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run([sys.executable, "-m", "realsyn.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=1200)
+    assert not check or done.returncode == 0, f"realsyn {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done
 
 
 @pytest.fixture(scope="module")

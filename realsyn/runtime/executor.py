@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing as mp
 import os
+import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
@@ -76,7 +78,8 @@ class LocalExecutor(Executor):
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers start from a clean process, safe next to threaded libraries.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"),
+                                             initializer=_exit_with, initargs=(os.getpid(),))
         return self._pool
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
@@ -98,6 +101,32 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+
+def _exit_with(driver: int) -> None:
+    """In a worker: exit at once when the driver process is gone (killed), instead of finishing
+    the parts it holds as an orphan."""
+    def watch() -> None:
+        while _alive(driver):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="realsyn-driver-watch").start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a killed process waiting to be reaped, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): signal 0 checks existence only
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def make_executor(kind: str, workers: int = 0, ray: "RayConfig | None" = None) -> Executor:
