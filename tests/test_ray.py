@@ -115,6 +115,7 @@ def test_make_executor_ray_and_resources():
         load_config(None, {"runtime.ray.num_gpus.embed": -1})
     with pytest.raises(ConfigError):
         make_executor("dask")
+    assert list(RayExecutor().map(math.sqrt, [])) == [] and not ray.is_initialized()  # nothing to do: no cluster
     from realsyn.embed import stage
 
     assert stage_of(stage._process) == "embed"

@@ -136,10 +136,10 @@ class RayExecutor(Executor):
         return self.workers or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        ray = self._connect()
-        stage = stage_of(fn)
-        submit = self._remote.options(**self._options(stage)).remote
-        cap, cwd = self._in_flight(ray), os.getcwd()
+        stage, cwd = stage_of(fn), os.getcwd()
+        ray: Any = None
+        submit: Callable[..., Any] | None = None
+        cap = 0
         pending: dict[Any, T] = {}
         failed: list[tuple[str, str]] = []
 
@@ -157,6 +157,10 @@ class RayExecutor(Executor):
 
         try:
             for task in tasks:
+                if submit is None:  # connect at the first part: a stage with nothing to do starts no cluster
+                    ray = self._connect()
+                    submit = self._remote.options(**self._options(stage)).remote
+                    cap = self._in_flight(ray)
                 pending[submit(fn, task, cwd)] = task
                 while len(pending) >= cap:
                     yield from collect()
