@@ -136,3 +136,21 @@ def test_demo_as_a_new_user_runs_it(tmp_path):
     assert report and Path(report.group(1)).is_file()
     export = tmp_path / "work" / "export"
     assert all((f / "sizes.json").exists() and list(f.glob("*.tar")) for f in export.iterdir())
+
+
+def test_retrieval_on_the_real_corpus(work):
+    """Every kept image has k texts, best first; figure captions (they enter the sentence pool)
+    retrieved for their own image: the rate is printed, with chance (3 / pool size)."""
+    pairs = pq.read_table(work / "retrieve" / "pairs").to_pylist()
+    kept = [p for p in pairs if p["status"] == "kept"]
+    assert kept and all(len(p["texts"]) == 3 and p["sims"] == sorted(p["sims"], reverse=True) for p in kept)
+    pool = json.loads((work / "manifest.json").read_text())["stages"]["retrieve"]["counts"]["sentences"]
+    captions = {r["image_id"]: " ".join(words(r["caption"])) for r in pq.read_table(work / "extract" / "images").to_pylist()
+                if r["status"] == "kept" and r["caption"]}
+    sentences = pq.read_table(work / "extract" / "sentences", columns=["text", "status"]).to_pylist()
+    norm = {" ".join(words(s["text"])) for s in sentences if s["status"] == "kept"}
+    eligible = [p for p in kept if captions.get(p["image_id"]) in norm]
+    hits = sum(captions[p["image_id"]] in {" ".join(words(t)) for t in p["texts"]} for p in eligible)
+    print(f"\nretrieve: {len(kept)} images; own figure caption in the top 3 for {hits} of {len(eligible)} "
+          f"(chance {3 / pool:.4f}); recall@3 vs exact {json.loads((work / 'manifest.json').read_text())['stages']['retrieve']['counts']['recall_at_k']}")
+    assert len(eligible) >= 5  # captions do reach the pool

@@ -110,6 +110,8 @@ def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, scorers: Sco
             if item.kind == "image":
                 _image_row(rows, doc, pos, item, cfg)
                 pos += 1
+                if item.caption and cfg.sentences.captions:
+                    pos = _sentence_rows(rows, doc, pos, item.caption, cfg)
             elif item.text:
                 pos = _sentence_rows(rows, doc, pos, item.text, cfg)
     if scorers is not None:
