@@ -189,5 +189,6 @@ def test_disk_full_then_rerun(corpus, baseline, tmp_path):
         p = run(corpus, work)
         assert p.returncode == 0, p.stderr[-2000:]
         got = snapshot(work)
-    assert first_rc != 0 and "No space left on device" in first_err, first_err[-2000:]
+    assert first_rc == 2 and "No space left on device" in first_err, first_err[-2000:]
+    assert "Traceback" not in first_err and "realsyn: error: " in first_err, first_err[-2000:]  # one line
     assert_same(got, want)
