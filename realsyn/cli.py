@@ -196,6 +196,10 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
         typer.echo(f"report: {report.resolve()}", err=True)
 
 
+from realsyn.train.commands import register as _register_train
+_register_train(app)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
