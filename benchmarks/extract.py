@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ZIM = ROOT.parent / "shared" / "data" / "wiki-raycharles" / "wikipedia_en_ray_charles_2015-06.zim"
@@ -32,26 +33,37 @@ finally:
 """
 
 
-def measure(zim: Path, copies: int, workers: int, tmp: Path, perplexity: bool) -> dict:
+def replicate(zim: Path, copies: int, tmp: Path) -> list[str]:
+    """`copies` symlinks to the ZIM under distinct names (each replica's documents get their own ids)."""
     src = tmp / f"in{copies}"
-    src.mkdir()
+    src.mkdir(exist_ok=True)
     inputs = []
     for i in range(copies):
         link = src / f"copy{i:02d}.zim"
-        link.symlink_to(zim.resolve())
+        if not link.is_symlink():
+            link.symlink_to(zim.resolve())
         inputs.append(str(link))
-    work = tmp / f"work{copies}"
+    return inputs
+
+
+def measure(zim: Path, copies: int, workers: int, tmp: Path, perplexity: bool,
+            options: Sequence[str] = (), label: str = "") -> dict:
+    """One `realsyn extract` run; `options` are more CLI options (e.g. the executor), `label`
+    names its workspace `tmp/work{label}{copies}` so several runs can share `tmp`."""
+    inputs = replicate(zim, copies, tmp)
+    work = tmp / f"work{label}{copies}"
     cmd = [sys.executable, "-c", _RUNNER, "extract", *inputs, "--out", str(work), "--quiet", "--workers", str(workers),
-           "--set", f"extract.sentences.perplexity={str(perplexity).lower()}"]
+           "--set", f"extract.sentences.perplexity={str(perplexity).lower()}", *options]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"extract failed: {proc.stderr[-2000:]}")
     peak_kb = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    counts = json.loads((work / "manifest.json").read_text())["stages"]["extract"]["counts"]
+    stage = json.loads((work / "manifest.json").read_text())["stages"]["extract"]
+    counts = stage["counts"]
     return {
-        "copies": copies, "seconds": round(seconds, 2), "documents": counts["documents"],
+        "copies": copies, "seconds": round(seconds, 2), "stage_seconds": stage["seconds"], "documents": counts["documents"],
         "sentences": counts["sentences"]["read"], "images": counts["images"]["read"],
         "documents_per_s": round(counts["documents"] / seconds, 1),
         "sentences_per_s": round(counts["sentences"]["read"] / seconds, 1),

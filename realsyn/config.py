@@ -206,7 +206,7 @@ class RayConfig(_Section):
 
 class RuntimeConfig(_Section):
     executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster (see runtime.ray and docs/ray.md).")
-    workers: int = Field(0, ge=0, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, tasks in flight (0 = twice the cluster's CPUs; a local cluster started for the run gets this many CPUs).")
+    workers: int = Field(0, ge=0, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, twice this many tasks are in flight (0 = the cluster's CPUs) and a local cluster started for the run gets this many CPUs.")
     seed: int = Field(0, description="Seed for every random choice (k-means, sampling); same input + config + seed = same output.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where torch models run: auto (GPU when visible), cpu, cuda, cuda:N.")
     ray: RayConfig = Field(default_factory=RayConfig)

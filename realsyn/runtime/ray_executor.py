@@ -1,7 +1,7 @@
 """The Ray executor: a stage's parts run as Ray tasks on a cluster (issue 8).
 
 Each part is one Ray task (`_run_part`), submitted as the stage's task iterator yields it, with at
-most `workers` (or twice the cluster's CPUs) in flight; results come back in completion order, as
+most twice `workers` (or the cluster's CPUs) in flight; results come back in completion order, as
 with the local executor. Resources per task come from `runtime.ray.num_cpus` / `num_gpus`, keyed by
 the stage that owns the task function (`realsyn.<stage>.…`).
 
@@ -133,7 +133,9 @@ class RayExecutor(Executor):
                 "max_retries": self.cfg.max_retries, "retry_exceptions": True}
 
     def _in_flight(self, ray: Any) -> int:
-        return self.workers or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        """Tasks submitted ahead, as the local executor: twice the workers (or the cluster's CPUs),
+        so a worker finds its next part waiting; how many run at once is the cluster's business."""
+        return 2 * (self.workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         stage, cwd = stage_of(fn), os.getcwd()
