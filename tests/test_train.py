@@ -4,6 +4,7 @@ bridge model on the CIFAR-10 subset, and the two-arm comparison."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from realsyn.train.config import TEXT_FIELDS, load_train_config
 from realsyn.train.data import draw_text
 
 from conftest import DATA, ZIM
+from test_model_plugins import _save_tiny
 
 CIFAR = DATA / "cifar10"
 TINY = ["image_size=32", "patch_size=8", "vision_width=64", "text_width=64", "vision_layers=2", "text_layers=2",
@@ -111,6 +113,22 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert code == 2 and "no export folder" in out
     code, out = cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--set", "lr=-1")
     assert code == 2 and "train.lr" in out and len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
+def test_open_clip_training_needs_the_extra(tmp_path: Path) -> None:
+    code, out = cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--set", "model=open_clip:ViT-B-32")
+    assert code == 2 and "pip install open_clip_torch" in out
+
+
+def test_eval_hf_model_folder(tmp_path: Path, data_dir: Path) -> None:
+    """A transformers CLIP folder (tiny, random weights) goes through the same zero-shot path."""
+    folder = _save_tiny(tmp_path / "clip", "clip")
+    code, out = cli("eval", "--model", f"hf:{folder}", "--task", "zeroshot", "--data", CIFAR, "--limit", 3,
+                    "--templates", "photo", "--json")
+    assert code == 0, out
+    result = last_json(out)
+    assert result["model"] == f"hf:{folder}" and result["n"] == 30 and 0 <= result["top1"] <= result["top5"] <= 1
 
 
 # --- real data --------------------------------------------------------------------------------

@@ -91,10 +91,10 @@ def train(cfg: TrainConfig, data: Path, run: Path, stop_at: int | None = None) -
     """Train (or resume) the run in `run` on the export folder `data`; stop after step `stop_at`
     when given (a checkpoint is written). Returns a summary of this invocation."""
     torch.set_num_threads(cfg.threads or cpu_count())
+    device = resolve_device(cfg.device)
+    model = build_model(cfg).to(device)  # first: a bad model spec fails before the data is read
     total = total_steps(cfg, sample_count(data))
     cfg = cfg.model_copy(update={"steps": total, "epochs": None})
-    device = resolve_device(cfg.device)
-    model = build_model(cfg).to(device)
     opt, sched = optimiser(model, cfg, total)
     step = position = 0
     found = checkpoint.checkpoints(run)
