@@ -74,6 +74,10 @@ def _guard(fn: Callable[[], Any]) -> Any:
         return fn()
     except (ConfigError, InputError, ModelError, PipelineError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # disk full, permissions, a vanished file: what was finished stays, re-run resumes
+        if exc.errno is None:
+            raise
+        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (finished parts are kept; re-run to resume)")
 
 
 def _run(inputs: list[Path] | None, out: Path, until: str | None, config: Path | None,
