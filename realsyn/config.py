@@ -7,6 +7,7 @@ are rejected with a one-line error (`ConfigError`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -212,6 +213,55 @@ class RuntimeConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
+TEXT_FIELDS = ("text1", "text2", "text3", "syn_text")
+
+
+class TrainConfig(_Section):
+    """`realsyn train` (read by realsyn.train); the paper's optimiser recipe as defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    model: str = Field("vit-tiny", description="What is trained: `vit-tiny` (built-in small CLIP: ViT image tower, causal text transformer on the MiniLM WordPiece vocabulary; trains on a CPU in minutes), `locked` (only two projection heads on frozen EfficientNet-Lite0 logits / MiniLM sentence embeddings, LiT-style), or `open_clip:ARCH` (an OpenCLIP architecture from scratch; needs open_clip_torch).")
+    embed_dim: int = Field(256, ge=8, description="Joint embedding size (built-in models).")
+    image_size: int = Field(48, ge=16, description="vit-tiny: input side in pixels (shorter side resized, centre crop).")
+    patch_size: int = Field(8, ge=2, description="vit-tiny: patch side in pixels (image_size must be a multiple).")
+    vision_width: int = Field(128, ge=16, description="vit-tiny: image transformer width.")
+    vision_layers: int = Field(4, ge=1, description="vit-tiny: image transformer layers.")
+    text_width: int = Field(128, ge=16, description="vit-tiny: text transformer width.")
+    text_layers: int = Field(3, ge=1, description="vit-tiny: text transformer layers.")
+    heads: int = Field(4, ge=1, description="vit-tiny: attention heads of both towers (must divide both widths).")
+    context_length: int = Field(48, ge=4, description="Text tokens per sample, start and end tokens included (longer texts are truncated).")
+    text_probs: dict[str, float] = Field(default_factory=lambda: {t: 0.25 for t in TEXT_FIELDS}, description="Probability of drawing each text of a sample per step (the paper: one of the top-3 realistic texts and the synthetic text, uniformly). Renormalised over the sample's non-empty texts; set syn_text: 0 for realistic-only training.")
+    batch_size: int = Field(32, ge=2, description="Samples per step (the contrastive batch).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the one-cycle schedule (paper: 1e-3).")
+    weight_decay: float = Field(0.2, ge=0, description="AdamW weight decay on matrices (gains, biases and the temperature are not decayed, as OpenCLIP; paper: 0.2).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1 (paper: 0.9).")
+    beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2 (paper: 0.98).")
+    eps: float = Field(1e-6, gt=0, description="AdamW epsilon (paper: 1e-6).")
+    pct_start: float = Field(0.1, gt=0, lt=1, description="One-cycle schedule: share of the steps spent warming up (paper: 0.1).")
+    init_temperature: float = Field(0.07, gt=0, description="Initial softmax temperature of the InfoNCE loss (learnable; CLIP: 0.07).")
+    max_logit_scale: float = Field(100.0, gt=1, description="The learnt 1/temperature is clamped at this (CLIP: 100).")
+    steps: int | None = Field(None, ge=3, description="Optimiser steps of the run (the schedule's length); overridden by --steps. With neither steps nor epochs: 1 epoch.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data, when steps is not given; overridden by --epochs.")
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples in the shuffle buffer (shards are also shuffled per epoch); seeded, so the order is reproducible.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept in RUN/checkpoints/.")
+    log_every: int = Field(10, ge=1, description="Append the loss to RUN/log.jsonl every this many steps.")
+    seed: int = Field(0, description="Seed of the initial weights, the data order and the text draws: same seed, same run.")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where to train: auto (GPU when visible), cpu, cuda, cuda:N.")
+
+    @field_validator("text_probs")
+    @classmethod
+    def _probs(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(TEXT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown text field(s) {sorted(unknown)}; fields: {', '.join(TEXT_FIELDS)}")
+        if any(p < 0 for p in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("probabilities must be >= 0 with a positive sum")
+        return {t: float(value.get(t, 0.0)) for t in TEXT_FIELDS}
+
+
 class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -223,6 +273,7 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def section_hash(self, *names: str) -> str:
         """A short hash of the named sections or fields (dotted, e.g. `models.joint`) plus the
@@ -260,11 +311,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a YAML mapping")
+    defaults = Config().model_dump()
     for key, value in (overrides or {}).items():
-        node = data
+        node, default = data, defaults
         *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for p in parents:  # a partial override of a mapping (e.g. train.text_probs.syn_text) keeps its defaults
+            default = default.get(p) if isinstance(default, dict) else None
+            node = node.setdefault(p, copy.deepcopy(default) if isinstance(default, dict) else {})
         node[leaf] = value
     try:
         return Config.model_validate(data)
