@@ -52,8 +52,8 @@ def _scales(work: Path) -> dict[str, Path]:
 
 def test_every_stage_is_done_and_a_rerun_does_nothing(work):
     manifest = json.loads((work / "manifest.json").read_text())
-    assert [n for n, s in manifest["stages"].items() if s["status"] == "done"] == [
-        "extract", "embed", "retrieve", "synth", "balance", "export", "report"]
+    assert {n for n, s in manifest["stages"].items() if s["status"] == "done"} == {
+        "extract", "embed", "retrieve", "synth", "balance", "export", "report"}
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")}
     realsyn("run", str(work.parent.parent), "--out", str(work), "--quiet", check=False)  # another input: error, no change
     status = realsyn("status", str(work)).stdout

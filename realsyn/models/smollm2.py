@@ -16,7 +16,9 @@ Perplexity of a text = exp(mean NLL of its tokens), each token conditioned on `<
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import inspect
 import os
 import shutil
 from pathlib import Path
@@ -69,6 +71,15 @@ def _load_transformers(gguf: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the token prefix all rows share, keeping at least one own token per row."""
+    n = min(len(r) for r in rows) - 1
+    for k, column in enumerate(zip(*rows)):
+        if k >= n or len(set(column)) > 1:
+            return min(k, n)
+    return max(n, 0)
+
+
 class TransformersSmolLM2:
     """Batched greedy/sampled generation and perplexity with a transformers causal LM."""
 
@@ -82,6 +93,9 @@ class TransformersSmolLM2:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.doc_start = self.tokenizer.convert_tokens_to_ids(DOC_START)
+        self._prefix: tuple[tuple[int, ...], Any] | None = None  # (shared prompt prefix, its KV cache)
+        # transformers 5 renamed `past_key_values` to `cache`; use whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _batches(self, lengths: list[int], size: int) -> list[list[int]]:
         """Indices grouped into batches of similar length (less padding); order restored by callers."""
@@ -93,7 +107,11 @@ class TransformersSmolLM2:
 
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[str]:
-        """The assistant reply to each chat, new text only, stripped. temperature 0 = greedy."""
+        """The assistant reply to each chat, new text only, stripped. temperature 0 = greedy.
+
+        The token prefix that all prompts of a batch share (system prompt and few-shot examples)
+        is run once and its key/value cache reused by every row, so only each row's own tail is
+        prefilled: rows are laid out as prefix + padding + tail, the padding masked out."""
         tok, torch = self.tokenizer, self.torch
         texts = [tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False) for m in prompts]
         ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
@@ -102,13 +120,31 @@ class TransformersSmolLM2:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():  # seeded without touching global state
             torch.manual_seed(seed)
             for batch in self._batches([len(i) for i in ids], batch_size):
-                enc = self._pad([ids[i] for i in batch], "left")
-                gen = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=temperature > 0,
-                                          pad_token_id=tok.pad_token_id, **sample)
+                rows = [ids[i] for i in batch]
+                n = _common_prefix(rows)
+                enc, cache = self._pad([r[n:] for r in rows], "left"), self._prefix_cache(tuple(rows[0][:n]), len(rows))
+                if n:
+                    prefix = torch.tensor([rows[0][:n]] * len(rows), device=self.device)
+                    enc = {"input_ids": torch.cat([prefix, enc["input_ids"]], 1),
+                           "attention_mask": torch.cat([torch.ones_like(prefix), enc["attention_mask"]], 1)}
+                gen = self.model.generate(**enc, **{self._cache_kw: cache}, max_new_tokens=max_tokens,
+                                          do_sample=temperature > 0, pad_token_id=tok.pad_token_id, **sample)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(batch, tok.batch_decode(new, skip_special_tokens=True)):
                     out[i] = row.strip()
         return out
+
+    def _prefix_cache(self, prefix: tuple[int, ...], rows: int) -> Any:
+        """A fresh key/value cache of `prefix` for `rows` rows (None for an empty prefix); the
+        prefix's forward pass is computed once and kept for the next batches."""
+        if not prefix:
+            return None
+        if self._prefix is None or self._prefix[0] != prefix:
+            ids = self.torch.tensor([prefix], device=self.device)
+            self._prefix = (prefix, getattr(self.model(input_ids=ids, use_cache=True), self._cache_kw))
+        cache = copy.deepcopy(self._prefix[1])
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def perplexity(self, texts: Sequence[str]) -> np.ndarray:
         """exp(mean token NLL) per text, float64; NaN for a text with no tokens."""
