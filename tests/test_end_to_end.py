@@ -50,12 +50,15 @@ def _scales(work: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted((work / "export").iterdir()) if p.is_dir()}
 
 
-def test_every_stage_is_done_and_a_rerun_does_nothing(work):
+def test_every_stage_is_done_and_a_rerun_does_nothing(work, data_dir):
     manifest = json.loads((work / "manifest.json").read_text())
     assert {n for n, s in manifest["stages"].items() if s["status"] == "done"} == {
         "extract", "embed", "retrieve", "synth", "balance", "export", "report"}
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")}
-    realsyn("run", str(work.parent.parent), "--out", str(work), "--quiet", check=False)  # another input: error, no change
+    bad = realsyn("run", str(work / "manifest.json"), "--out", str(work), "--quiet", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr  # not an input format: one-line error, no change
+    realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(work), "--quiet",
+            "--set", "extract.sentences.perplexity=false")  # the same run again: every part skipped
     status = realsyn("status", str(work)).stdout
     assert all(f"{n:9} done" in status for n in manifest["stages"])
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")} == before

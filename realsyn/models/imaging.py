@@ -10,7 +10,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-T = TypeVar("T")
+S, T = TypeVar("S"), TypeVar("T")
 
 
 def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -46,9 +46,9 @@ def resize_center_crop(image: Image.Image, resize: int, crop: int,
     return np.asarray(out, dtype=np.uint8)
 
 
-def parallel_map(fn: Callable[[bytes], T], items: Sequence[bytes], workers: int) -> list[T]:
-    """`[fn(x) for x in items]`, on a thread pool when it pays (PIL releases the GIL while decoding)."""
-    if workers <= 1 or len(items) < 4:
+def parallel_map(fn: Callable[[S], T], items: Sequence[S], workers: int) -> list[T]:
+    """`[fn(x) for x in items]`, on a thread pool when it pays (PIL and onnxruntime release the GIL)."""
+    if workers <= 1 or len(items) < 2:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))

@@ -3,9 +3,10 @@ output guard, one regeneration, then the fallback. No file I/O besides the cache
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from realsyn.models.base import LLM
 from realsyn.synth.cache import GenerationCache, cache_key
@@ -43,24 +44,28 @@ class CachedLLM:
     """`llm.generate` behind the cache: identical prompts are generated once, misses in batches
     of `batch_size`, each batch stored as soon as it is done. Counts `generated` and `cached`.
     Attempt 0 decodes with `temperature` and `seed`, attempt 1 (the regeneration) with
-    `retry_temperature` and `seed + 1`."""
+    `retry_temperature` and `seed + 1`. `stop` (a text no continuation can save) is passed on
+    to backends whose `generate` accepts it, to end such rows early; it never changes a verdict."""
 
     def __init__(self, llm: LLM, model: str, prompt_version: str, cache: GenerationCache | None,
                  decoding: Decoding) -> None:
         self.llm, self.model, self.version, self.cache, self.decoding = llm, model, prompt_version, cache, decoding
         self.counts: Counter = Counter()
+        self.takes_stop = "stop" in inspect.signature(llm.generate).parameters
 
-    def __call__(self, prompts: Sequence[Messages], attempt: int = 0) -> list[str]:
+    def __call__(self, prompts: Sequence[Messages], attempt: int = 0,
+                 stop: Callable[[str], bool] | None = None) -> list[str]:
         d = self.decoding
         params = dict(max_tokens=d.max_tokens, temperature=d.retry_temperature if attempt else d.temperature,
                       seed=d.seed + attempt)
+        extra = {"stop": stop} if stop is not None and self.takes_stop else {}
         keys = [cache_key(self.model, self.version, m, **params) for m in prompts]
         known = self.cache.get_many(keys) if self.cache is not None else {}
         self.counts["cached"] += sum(k in known for k in keys)
         todo = list({k: m for k, m in zip(keys, prompts) if k not in known}.items())
         for a in range(0, len(todo), d.batch_size):
             batch = todo[a:a + d.batch_size]
-            done = dict(zip([k for k, _ in batch], self.llm.generate([m for _, m in batch], **params)))
+            done = dict(zip([k for k, _ in batch], self.llm.generate([m for _, m in batch], **params, **extra)))
             if self.cache is not None:
                 self.cache.put_many(done)
             known.update(done)
@@ -72,12 +77,12 @@ def fuse(items: Sequence[Item], prompt: Prompt, llm: CachedLLM, guard: Guard,
          counter: TokenCounter) -> tuple[list[Fused], Counter]:
     """One synthetic text per item, and counts: `regenerated` and `fallback:REASON`."""
     messages = [prompt.messages(i.caption, i.tags, i.source) for i in items]
-    first = [clean(t) for t in llm(messages)]
+    first = [clean(t) for t in llm(messages, stop=guard.hopeless)]
     reasons = [guard.check(t, i.caption, i.tags, i.source) for t, i in zip(first, items)]
     retry = [k for k, r in enumerate(reasons) if r]
     out = [Fused(t, r, False) for t, r in zip(first, reasons)]
     counts = Counter(regenerated=len(retry))
-    for k, text in zip(retry, llm([messages[k] for k in retry], attempt=1)):
+    for k, text in zip(retry, llm([messages[k] for k in retry], attempt=1, stop=guard.hopeless)):
         text, item = clean(text), items[k]
         reason = guard.check(text, item.caption, item.tags, item.source)
         if reason is None:

@@ -13,6 +13,9 @@ The source text is untrusted web data and a small LLM drifts, so every output is
   >= `min_language_score` (uncertain answers, common on short texts, pass);
 - `unchanged`: the source text itself, word for word (nothing was fused; this project's addition).
 
+`hopeless` tells a text that no continuation can save (too long, or already repetitive) so an
+LLM backend that checks mid-generation can end that row early.
+
 The stage regenerates a flagged text once, and after a second failure uses `fallback_text`:
 the caption and the source text joined ("caption. text"), cut to `max_tokens` CLIP tokens at a
 word boundary. The fallback is used as it is, unchecked.
@@ -71,6 +74,12 @@ class Guard:
     @classmethod
     def for_prompt(cls, static_text: str, counter: TokenCounter, **kw: object) -> "Guard":
         return cls(frozenset(ngrams(static_text)), counter.count, **kw)  # type: ignore[arg-type]
+
+    def hopeless(self, text: str) -> bool:
+        """True once `text` is rejected whatever follows it: too long or already repetitive."""
+        text = clean(text)
+        runs = ngram_list(text)
+        return len(set(runs)) < len(runs) or self.count(text) > self.max_tokens
 
     def check(self, text: str, caption: str, tags: Sequence[str], source: str) -> str | None:
         """The reason `text` (already cleaned) is rejected, or None."""
