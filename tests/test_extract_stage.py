@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from realsyn.config import load_config
+from realsyn.io.readers import InputError
 from realsyn.pipeline import run_stage
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
@@ -86,6 +87,16 @@ def test_config_change_redoes_the_stage(tmp_path, data_dir):
     a = extract([zim], tmp_path, **{"extract.docs_per_part": 40})
     b = extract([zim], tmp_path, **{"extract.docs_per_part": 40, "extract.sentences.min_words": 6})
     assert b["sentences"]["kept"] < a["sentences"]["kept"]
+
+
+def test_bad_input_leaves_the_finished_stage_alone(tmp_path, data_dir):
+    zim = data_dir / "wiki-raycharles" / "wikipedia_en_ray_charles_2015-06.zim"
+    extract([zim], tmp_path, **{"extract.docs_per_part": 40})
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "extract").rglob("*.parquet")}
+    with pytest.raises(InputError, match="unknown input format"):
+        extract([tmp_path / "manifest.json"], tmp_path, **{"extract.docs_per_part": 40})
+    assert Workspace(tmp_path).stage("extract")["status"] == "done"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "extract").rglob("*.parquet")} == before
 
 
 def test_sigkill_midway_then_resume_gives_identical_tables(tmp_path, data_dir, zim_work):

@@ -86,26 +86,46 @@ def test_document_scope(data):
         assert set(hits.idx[i][hits.idx[i] >= 0]) == set(best)
 
 
+def test_near_bonus_ranks_adjacent_text_first(data):
+    """With positions, a same-document sentence next to the image outranks more similar ones
+    further away by at most the bonus; returned sims stay raw cosines."""
+    s, q, _ = data
+    s_doc, q_doc = _docs(s, q)
+    rng = np.random.default_rng(2)
+    s_pos, q_pos = rng.permutation(len(s)), rng.integers(0, len(s), len(q))  # distinct positions
+    hits = document_topk(q, q_doc, s, s_doc, K, q_pos=q_pos, base_pos=s_pos, near_bonus=0.3)
+    for i in np.flatnonzero((hits.idx >= 0).all(axis=1))[:50]:
+        members = np.flatnonzero(s_doc == q_doc[i])
+        score = s[members] @ q[i] + 0.3 / np.maximum(np.abs(s_pos[members] - q_pos[i]), 1)
+        assert list(hits.idx[i]) == list(members[np.argsort(-score, kind="stable")[:K]])
+        np.testing.assert_allclose(hits.sims[i], s[hits.idx[i]] @ q[i], atol=1e-5)
+    assert (document_topk(q, q_doc, s, s_doc, K, q_pos=q_pos, base_pos=s_pos).idx
+            == document_topk(q, q_doc, s, s_doc, K).idx).all()  # no bonus: plain cosine order
+
+
 def test_hybrid_scope(data):
     s, q, index = data
     s_doc, q_doc = _docs(s, q)
     glob = index.search(q, K, nprobe=2)[0]
     doc = document_topk(q, q_doc, s, s_doc, K)
     same = (s_doc[glob.idx] == q_doc[:, None]) & (glob.idx >= 0)
-    plain = hybrid_merge(glob, same, doc, K, bonus=0.0)
+    def merged(bonus: float) -> TopK:
+        return hybrid_merge(glob, same * np.float32(bonus), doc, (doc.idx >= 0) * np.float32(bonus), K)
+
+    plain = merged(0.0)
     for i in range(len(q)):
         cand = {**dict(zip(glob.idx[i], glob.sims[i])), **dict(zip(doc.idx[i], doc.sims[i]))}
         cand.pop(-1, None)
         best = sorted(cand.values(), reverse=True)[:K]
         np.testing.assert_allclose(plain.sims[i], best, atol=1e-5)
         assert len(set(plain.idx[i])) == K  # a text in both lists counts once
-    boosted = hybrid_merge(glob, same, doc, K, bonus=10.0)
+    boosted = merged(10.0)
     has_doc = (doc.idx >= 0).sum(axis=1)
     for i in range(len(q)):
         own = s_doc[boosted.idx[i]] == q_doc[i]
         assert own[:min(K, has_doc[i])].all()  # same-document texts come first
     # a small bonus only promotes same-document texts close to the global ones
-    small = hybrid_merge(glob, same, doc, K, bonus=0.02)
+    small = merged(0.02)
     assert (small.sims[:, 0] >= glob.sims[:, 0] - 0.02 - 1e-6).all()
 
 
@@ -138,7 +158,8 @@ def _fake_workspace(root: Path, **overrides) -> Context:
             n = DOCS_PER_PART * per_doc
             ids = [f"{kind[0]}{p}-{j}" for j in range(n)]
             status = ["rejected" if j % 11 == 3 else "kept" for j in range(n)]  # rejected by extract
-            cols = {id_col: ids, "doc_id": [docs[j // per_doc] for j in range(n)], "status": status}
+            cols = {id_col: ids, "doc_id": [docs[j // per_doc] for j in range(n)], "status": status,
+                    "position": pa.array([2 * (j % per_doc) + (kind == "images") for j in range(n)], pa.int32())}
             if kind == "sentences":
                 cols["text"] = [f"text of {i}" for i in ids]
             write_table(pa.table(cols), root / extract.NAME / kind / part_name(p))

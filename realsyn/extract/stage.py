@@ -27,7 +27,7 @@ from realsyn.dedup import first_occurrence, near_duplicates
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_documents
-from realsyn.io.readers import read_documents
+from realsyn.io.readers import detect, read_documents
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.progress import bar
@@ -195,6 +195,8 @@ def run(ctx: Context, key: str) -> dict:
     """Run (or resume) the extract stage; returns its counts."""
     ws, cfg = ctx.ws, ctx.cfg
     started = time.time()
+    for path in ctx.inputs:  # a bad input stops the run before the finished stage is cleared
+        detect(path)
     out = ws.begin(NAME, key, inputs=[str(p) for p in ctx.inputs])
     if "parts" not in ws.stage(NAME):
         n_parts, n_docs = _phase_parts(ctx.inputs, out, cfg, ctx.executor)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import faiss
 import numpy as np
@@ -104,11 +104,15 @@ def sort_by_group(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.nda
     return order, offsets
 
 
+Bonus = Callable[[np.ndarray, int, int], np.ndarray]  # (query rows, a, b) -> scores added to base[a:b]
+
+
 def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.ndarray,
-                 offsets: np.ndarray, k: int, threads: int = 0) -> TopK:
+                 offsets: np.ndarray, k: int, threads: int = 0, bonus: Bonus | None = None) -> TopK:
     """For each pair j, the top-k rows of `base[offsets[g]:offsets[g + 1]]` (g = groups[j])
     for the query `q[rows[j]]`; indices are rows of `base`. Pairs are grouped so each group
-    costs one dense product; groups run on `threads` threads (BLAS single-threaded inside)."""
+    costs one dense product; groups run on `threads` threads (BLAS single-threaded inside).
+    With `bonus`, rows are ranked by similarity + bonus and the returned sims include it."""
     out = _empty(len(rows), k)
     order = np.argsort(groups, kind="stable")
     g = groups[order]
@@ -119,7 +123,10 @@ def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.n
     def work(part: list[tuple[int, int]]) -> None:
         for s, e in part:
             a, b = offsets[g[s]], offsets[g[s] + 1]
-            cols, vals = _top_cols(_f32(q[rows[order[s:e]]]) @ _f32(base[a:b]).T, k)
+            scores = _f32(q[rows[order[s:e]]]) @ _f32(base[a:b]).T
+            if bonus is not None:
+                scores += bonus(rows[order[s:e]], a, b)
+            cols, vals = _top_cols(scores, k)
             dest = order[s:e]
             out.idx[dest, :cols.shape[1]] = cols + a
             out.sims[dest, :cols.shape[1]] = vals
@@ -166,27 +173,45 @@ class ClusterIndex:
         return TopK(np.where(idx >= 0, self.order[idx], -1), sims), probes[:, 0].astype(np.int32)
 
 
+def context_bonus(same: np.ndarray, distance: np.ndarray, doc_bonus: float, near_bonus: float) -> np.ndarray:
+    """Ranking bonus of texts from the image's own document: `doc_bonus` plus `near_bonus`
+    divided by the distance in document items (at least 1); 0 for other documents' texts."""
+    return np.where(same, doc_bonus + near_bonus / np.maximum(distance, 1), 0).astype(np.float32)
+
+
 def document_topk(q: np.ndarray, q_doc: np.ndarray, base: np.ndarray, base_doc: np.ndarray,
-                  k: int, threads: int = 0) -> TopK:
+                  k: int, threads: int = 0, q_pos: np.ndarray | None = None,
+                  base_pos: np.ndarray | None = None, near_bonus: float = 0.0) -> TopK:
     """Top-k of every query among the base rows of its own document (one product per
-    document); indices are rows of `base`. Documents are any comparable labels."""
+    document); indices are rows of `base`. Documents are any comparable labels. With positions
+    and `near_bonus`, rows are ranked by cosine + `context_bonus` (nearer text first); the
+    returned sims are the raw cosines either way."""
     if len(base) == 0:
         return _empty(len(q), k)
     docs, codes = np.unique(np.concatenate([base_doc, q_doc]), return_inverse=True)
     b_code, q_code = codes[:len(base_doc)], codes[len(base_doc):]
     order, offsets = sort_by_group(b_code, len(docs))
-    hits = grouped_topk(q, np.arange(len(q)), q_code, _f32(base[order]), offsets, k, threads)
-    return TopK(np.where(hits.idx >= 0, order[hits.idx], -1), hits.sims)
+    bonus = None
+    if near_bonus and q_pos is not None and base_pos is not None:
+        pos = np.asarray(base_pos)[order]
+
+        def bonus(r: np.ndarray, a: int, b: int) -> np.ndarray:
+            return context_bonus(np.bool_(True), np.abs(q_pos[r, None] - pos[None, a:b]), 0.0, near_bonus)
+    hits = grouped_topk(q, np.arange(len(q)), q_code, _f32(base[order]), offsets, k, threads, bonus)
+    idx = np.where(hits.idx >= 0, order[np.maximum(hits.idx, 0)], -1)
+    if bonus is None:
+        return TopK(idx, hits.sims)
+    raw = np.einsum("md,mkd->mk", _f32(q), _f32(base[np.maximum(idx, 0)]))
+    return TopK(idx, np.where(idx >= 0, raw, -np.inf).astype(np.float32))
 
 
-def hybrid_merge(glob: TopK, glob_same_doc: np.ndarray, doc: TopK, k: int, bonus: float) -> TopK:
-    """The k best of the global and the document lists, ranked by similarity plus `bonus` for
-    same-document texts; a text in both lists counts once. Returned sims are the raw cosines
-    (so with a bonus they need not be descending)."""
+def hybrid_merge(glob: TopK, glob_bonus: np.ndarray, doc: TopK, doc_bonus: np.ndarray, k: int) -> TopK:
+    """The k best of the global and the document lists, ranked by similarity plus each text's
+    bonus (see `context_bonus`); a text in both lists counts once. Returned sims are the raw
+    cosines (so with a bonus they need not be descending)."""
     idx = np.hstack([glob.idx, doc.idx])
     sims = np.hstack([glob.sims, doc.sims])
-    same = np.hstack([glob_same_doc, doc.idx >= 0])
-    score = np.where(idx >= 0, sims + np.float32(bonus) * same, -np.inf)
+    score = np.where(idx >= 0, sims + np.hstack([glob_bonus, doc_bonus]), -np.inf)
     best = np.argsort(-score, axis=1, kind="stable")
     idx, sims, score = (np.take_along_axis(a, best, axis=1) for a in (idx, sims, score))
     w = idx.shape[1]

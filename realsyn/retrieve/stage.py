@@ -6,7 +6,7 @@ every sentence to its centroid and writes the index under `retrieve/`, each file
 `centroids.npy` (written first: a killed run never redoes k-means), `vectors.npy` (embeddings
 sorted by cluster, float32, written through a memmap), `offsets.npy`, `order.npy` / `rank.npy`
 (sorted row <-> pool row), `parts.npy` (pool rows of each extract part), `images_kept.npy` and
-`sentences.arrow` (sentence_id, doc_id, text in pool order). The pool is the kept sentences in
+`sentences.arrow` (sentence_id, doc_id, position, text in pool order). The pool is the kept sentences in
 part order.
 
 Per-part step: each task takes consecutive image parts (about `images_per_task` images),
@@ -33,15 +33,15 @@ import pyarrow.parquet as pq
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
-from realsyn.retrieve.search import (ClusterIndex, TopK, auto_clusters, document_topk, drop_below, exact_topk,
-                                     hybrid_merge, nearest_centroids, recall_at_k, sort_by_group, train_kmeans)
+from realsyn.retrieve.search import (ClusterIndex, TopK, auto_clusters, context_bonus, document_topk, drop_below,
+                                     exact_topk, hybrid_merge, nearest_centroids, recall_at_k, sort_by_group, train_kmeans)
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
 
 NAME = "retrieve"
 _BINS = 2000  # top-1 similarity histogram over [-1, 1]: percentiles to 0.001
-_TEXT_COLUMNS = ["sentence_id", "doc_id", "text"]
+_TEXT_COLUMNS = ["sentence_id", "doc_id", "position", "text"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
     `sentences.arrow` and `parts.npy`."""
     kept = _kept_mask(work / embed.NAME / "dedup_sentences.parquet")
     x, rows, row = np.zeros((0, 0), np.float32), [0], 0
-    schema = pa.schema([(c, pa.string()) for c in _TEXT_COLUMNS])
+    schema = pa.schema([(c, pa.int32() if c == "position" else pa.string()) for c in _TEXT_COLUMNS])
     with atomic_path(out / "sentences.arrow") as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
         for i in range(n_parts):
             ids, emb = embed.read_embeddings([work / embed.NAME / "sentences" / part_name(i)], "sentence_id")
@@ -141,37 +141,53 @@ def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
 
 
 def _part_images(work: Path, index: int, start: int) -> tuple[pa.Table, np.ndarray]:
-    """(image_id, doc_id) and embeddings of one part's images kept by dedup."""
+    """(image_id, doc_id, position) and embeddings of one part's images kept by dedup."""
     ids, emb = embed.read_embeddings([work / embed.NAME / "images" / part_name(index)], "image_id")
     mask = np.asarray(_load(work / NAME / "images_kept.npy")[start:start + len(ids)])
-    rows = embed.kept_rows(work / extract.NAME, "images", index, ["image_id", "doc_id"]).filter(pa.array(mask))
+    rows = embed.kept_rows(work / extract.NAME, "images", index, ["image_id", "doc_id", "position"]).filter(pa.array(mask))
     if rows["image_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
         raise PipelineError(f"retrieve: image part {index} of extract and embed do not match; rerun embed")
     return rows, emb[mask]
 
 
-def _same_doc(idx: np.ndarray, image_docs: np.ndarray, sentences: pa.Table) -> np.ndarray:
-    """(m, k) flags: the text at idx comes from the image's own document."""
-    same = np.zeros(idx.shape, bool)
+def _context(idx: np.ndarray, images: pa.Table, sentences: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(m, k) flags (the text at idx comes from the image's own document) and distances in
+    document items between image and text (meaningful where the flag is set)."""
+    same, dist = np.zeros(idx.shape, bool), np.zeros(idx.shape, np.int64)
     valid = idx >= 0
-    docs = sentences["doc_id"].take(pa.array(idx[valid])).to_numpy(zero_copy_only=False)
-    same[valid] = docs == np.broadcast_to(image_docs[:, None], idx.shape)[valid]
-    return same
+    texts = sentences.select(["doc_id", "position"]).take(pa.array(idx[valid]))
+
+    def image_column(name: str) -> np.ndarray:
+        return np.broadcast_to(images[name].to_numpy(zero_copy_only=False)[:, None], idx.shape)[valid]
+
+    same[valid] = texts["doc_id"].to_numpy(zero_copy_only=False) == image_column("doc_id")
+    dist[valid] = np.abs(texts["position"].to_numpy().astype(np.int64) - image_column("position"))
+    return same, dist
 
 
 def _document_hits(task: _Task, index: ClusterIndex, sentences: pa.Table, q: np.ndarray,
-                   docs: np.ndarray, sizes: list[int]) -> TopK:
+                   images: pa.Table, sizes: list[int]) -> TopK:
     """Document-scope top-k: each part's images against the kept sentences of the same part
-    (a document's images and sentences are always in one extract part)."""
+    (a document's images and sentences are always in one extract part), nearer text ranked up
+    by `near_bonus`."""
     parts, rank = np.load(task.work / NAME / "parts.npy", allow_pickle=False), _load(task.work / NAME / "rank.npy")
+    docs = images["doc_id"].to_numpy(zero_copy_only=False)
+    pos = images["position"].to_numpy(zero_copy_only=False).astype(np.int64)
     out, lo = [], 0
     for i, size in zip(task.parts, sizes):
         a, b = int(parts[i]), int(parts[i + 1])
         base_doc = sentences["doc_id"].slice(a, b - a).to_numpy()
-        hits = document_topk(q[lo:lo + size], docs[lo:lo + size], index.vectors[rank[a:b]], base_doc, task.cfg.k, task.threads)
+        base_pos = sentences["position"].slice(a, b - a).to_numpy().astype(np.int64)
+        sl = slice(lo, lo + size)
+        hits = document_topk(q[sl], docs[sl], index.vectors[rank[a:b]], base_doc, task.cfg.k, task.threads,
+                             pos[sl], base_pos, task.cfg.near_bonus)
         out.append(TopK(np.where(hits.idx >= 0, hits.idx + a, -1), hits.sims))
         lo += size
     return TopK(np.concatenate([h.idx for h in out]), np.concatenate([h.sims for h in out]))
+
+
+def _bonus(hits: TopK, images: pa.Table, sentences: pa.Table, rc: RetrieveConfig) -> np.ndarray:
+    return context_bonus(*_context(hits.idx, images, sentences), rc.doc_bonus, rc.near_bonus)
 
 
 def _pairs_table(images: pa.Table, hits: TopK, same: np.ndarray, cluster: np.ndarray, sentences: pa.Table) -> pa.Table:
@@ -200,18 +216,19 @@ def _process(task: _Task) -> int:
     loaded = [_part_images(task.work, i, s) for i, s in zip(task.parts, task.starts)]
     images = pa.concat_tables([t for t, _ in loaded])
     q = np.concatenate([e for _, e in loaded]) if images.num_rows else np.zeros((0, index.vectors.shape[1]), np.float32)
-    docs = images["doc_id"].to_numpy(zero_copy_only=False)
     sizes = [t.num_rows for t, _ in loaded]
     hits, cluster = index.search(q, rc.k, rc.nprobe, task.threads)
     hits = drop_below(hits, rc.min_sim)
     if rc.scope != "global":  # min_sim first, so weak texts of one list never crowd out the other's
-        doc = drop_below(_document_hits(task, index, sentences, q, docs, sizes), rc.min_sim)
-        hits = doc if rc.scope == "document" else hybrid_merge(hits, _same_doc(hits.idx, docs, sentences), doc, rc.k, rc.doc_bonus)
-    same = _same_doc(hits.idx, docs, sentences)
+        doc = drop_below(_document_hits(task, index, sentences, q, images, sizes), rc.min_sim)
+        if rc.scope == "hybrid":
+            doc = hybrid_merge(hits, _bonus(hits, images, sentences, rc), doc, _bonus(doc, images, sentences, rc), rc.k)
+        hits = doc
+    same = _context(hits.idx, images, sentences)[0]
     lo = 0
     for i, size in zip(task.parts, sizes):
         sl = slice(lo, lo + size)
-        table = _pairs_table(images.slice(lo, size), TopK(hits.idx[sl], hits.sims[sl]), same[sl], cluster[sl], sentences)
+        table = _pairs_table(images.select(["image_id", "doc_id"]).slice(lo, size), TopK(hits.idx[sl], hits.sims[sl]), same[sl], cluster[sl], sentences)
         write_table(table, task.work / NAME / "pairs" / part_name(i))
         lo += size
     return images.num_rows
