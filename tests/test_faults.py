@@ -59,7 +59,7 @@ def snapshot(work: Path) -> dict[str, object]:
     for p in sorted(work.rglob("*")):
         rel = p.relative_to(work).as_posix()
         # the LLM cache (and its WAL) is not output; config.yaml records --workers
-        if not p.is_file() or rel.startswith("synth/_cache.sqlite") or rel == "config.yaml":
+        if not p.is_file() or rel.startswith("synth/_cache") or rel == "config.yaml":
             continue
         assert TMP_MARK not in p.name, f"temporary file left behind: {rel}"
         if p.suffix == ".parquet":

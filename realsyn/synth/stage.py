@@ -8,7 +8,7 @@ position in the pair's `texts`; 0 = R1), `text_id`, `source_text`, `caption`, `t
 bytes may live in any extract blob part: the driver maps image ids to blob parts from the blobs'
 `image_id` columns (one join, ~100 bytes per image) and gives each task the parts it needs.
 
-Generations go through the cache `synth/_cache.sqlite` (see `cache.py`). Each part's counts are kept
+Generations go through the cache `synth/_cache-HOST.sqlite` (see `cache.py`, one file per host). Each part's counts are kept
 in its parquet metadata, so the manifest's totals cover resumed runs: images (read = kept +
 rejected: `no_text`, `no_image`), texts, generated (LLM calls that produced the final parts),
 cached, regenerated and fallbacks by reason.
@@ -17,6 +17,7 @@ cached, regenerated and fallbacks by reason.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,7 +35,14 @@ from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import summarize, write_table
 
 NAME = "synth"
-CACHE = "_cache.sqlite"  # "_": skipped when the folder is read as a parquet dataset
+
+
+def cache_path(out: Path) -> Path:
+    """This host's generation cache. One SQLite file per host, because WAL mode needs all its
+    writers on one host; "_": skipped when the folder is read as a parquet dataset."""
+    return out / f"_cache-{socket.gethostname()}.sqlite"
+
+
 _META = b"realsyn.synth"
 SCHEMA = pa.schema([
     ("image_id", pa.string()), ("text_index", pa.int32()), ("text_id", pa.string()), ("source_text", pa.string()),
@@ -120,7 +128,7 @@ def _fuser(task: _Task) -> tuple[Any, Any, Any, Any]:
     langid = load("langid", models.langid, task.device) if cfg.language else None
     guard = Guard.for_prompt(prompt.static_text(), tokens, max_tokens=cfg.max_clip_tokens, language=cfg.language,
                              detect=(lambda text: langid.detect([text])[0]) if langid else None)
-    llm = CachedLLM(load("llm", models.llm, task.device), models.llm, prompt.version, open_cache(task.out / CACHE),
+    llm = CachedLLM(load("llm", models.llm, task.device), models.llm, prompt.version, open_cache(cache_path(task.out)),
                     Decoding(cfg.max_tokens, cfg.temperature, cfg.retry_temperature, task.seed, cfg.batch_size))
     return prompt, llm, guard, tokens
 
