@@ -6,13 +6,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 import yaml
 
 from realsyn import pipeline
 from realsyn.config import Config, ConfigError, load_config, to_yaml
+from realsyn.io import remote
 from realsyn.io.readers import InputError
 from realsyn.models.registry import ModelError
 from realsyn.runtime.context import Context, PipelineError
@@ -47,7 +48,7 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _context(work: Path, config: Path | None, sets: list[str] | None, executor: str | None,
-             workers: int | None, quiet: bool, inputs: list[Path] | None = None) -> Context:
+             workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None) -> Context:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
@@ -59,13 +60,14 @@ def _context(work: Path, config: Path | None, sets: list[str] | None, executor: 
     if workers is not None:
         overrides["runtime.workers"] = workers
     cfg = load_config(config, overrides)
-    for p in inputs or []:
+    paths = [remote.localize(str(p), work) for p in inputs or []]  # URLs are fetched into WORK/_inputs
+    for p in paths:
         if not p.exists():
             raise InputError(f"input not found: {p}")
     ws = Workspace(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(to_yaml(cfg))
-    return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), list(inputs or []))
+    return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), paths)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -80,7 +82,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (finished parts are kept; re-run to resume)")
 
 
-def _run(inputs: list[Path] | None, out: Path, until: str | None, config: Path | None,
+def _run(inputs: Sequence[str] | None, out: Path, until: str | None, config: Path | None,
          sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
@@ -94,7 +96,7 @@ def _run(inputs: list[Path] | None, out: Path, until: str | None, config: Path |
 
 
 @app.command()
-def run(inputs: List[Path] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders)."),
+def run(inputs: List[str] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders), local or fsspec URLs (s3://, gs://, https://)."),
         out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
         config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
         executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
@@ -103,7 +105,7 @@ def run(inputs: List[Path] = typer.Argument(..., help="Input files or folders (.
 
 
 @app.command()
-def extract(inputs: List[Path] = typer.Argument(..., help="Input files or folders."), out: Path = OutOpt,
+def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: Path = OutOpt,
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
             executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
     """Extract and filter images and sentences (the first stage)."""
@@ -193,7 +195,7 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
     from realsyn.demo import materialize
 
     corpus = materialize(out / "corpus")
-    _run([corpus], out / "work", until, None, None, None, workers, quiet)
+    _run([str(corpus)], out / "work", until, None, None, None, workers, quiet)
     typer.echo(f"demo workspace: {out / 'work'}", err=True)
     report = out / "work" / "report" / "index.html"
     if report.exists():

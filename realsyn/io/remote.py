@@ -1,0 +1,76 @@
+"""Inputs given as fsspec URLs (`s3://`, `gs://`, `https://`, `hf://`, any protocol fsspec knows).
+
+The readers need local files (libzim memory-maps its archive), and Ray workers need to see the
+inputs too, so a remote input is copied once into the workspace, `WORK/_inputs/<key>/<name>`,
+where `key` hashes the URL with the remote size and modification stamp (ETag, mtime): a changed
+remote object is fetched again, an unchanged one never. A copy is written under a temporary name
+and renamed when complete. Local paths (and `file://` URLs) pass through untouched.
+
+Protocols beyond fsspec's built-ins need their package: `s3fs` for `s3://`, `gcsfs` for `gs://`,
+`aiohttp` for `http(s)://` (extras `realsyn[s3]`, `realsyn[gcs]`, `realsyn[http]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from realsyn.io.readers import InputError
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+FOLDER = "_inputs"  # "_": never read as part of a stage's dataset
+
+
+def is_url(spec: str) -> bool:
+    return bool(_URL.match(spec)) and not spec.startswith("file://")
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open {url}: {exc}".splitlines()[0]) from None
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    """What identifies a version of a remote object: size plus the first stamp the store gives."""
+    for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "Last-Modified", "updated", "created"):
+        if info.get(key) is not None:
+            return f"{info.get('size')}:{info[key]}"
+    return str(info.get("size"))
+
+
+def localize(spec: str, work: Path) -> Path:
+    """A local path for the input `spec`: a local path as it is, a URL copied into the workspace."""
+    if not is_url(spec):
+        return Path(spec[len("file://"):] if spec.startswith("file://") else spec)
+    fs, path = _filesystem(spec)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise InputError(f"input not found: {spec}") from None
+    key = hashlib.sha256(f"{spec}\0{_stamp(info)}".encode()).hexdigest()[:16]
+    name = Path(path.rstrip("/")).name or "input"
+    local = work / FOLDER / key / name
+    if local.exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{name}.part")
+    if tmp.is_dir():  # left by an interrupted fetch
+        shutil.rmtree(tmp)
+    tmp.unlink(missing_ok=True)
+    log.info("fetching %s into %s", spec, local)
+    if info.get("type") == "directory":
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+    else:
+        fs.get_file(path, str(tmp))
+    tmp.rename(local)
+    return local
