@@ -152,3 +152,4 @@ def test_killed_worker_part_is_retried(cluster: str, local_run: Path, zim: Path,
                  env={KILL_STAGES: "extract,embed", KILL_DIR: str(markers)})
     assert sorted(p.name for p in markers.iterdir()) == ["killed-embed", "killed-extract"]
     assert_same(local_run, tmp_path / "work")
+    assert not list((tmp_path / "work").rglob("*.tmp-*"))  # nothing half-written is left

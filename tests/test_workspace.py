@@ -30,6 +30,17 @@ def test_stage_key_change_wipes_stage(tmp_path):
     assert not (d / part_name(0)).exists() and ws.stage("s")["status"] == "running"
 
 
+def test_leftovers_of_killed_writers_are_dropped(tmp_path):
+    ws = Workspace(tmp_path)
+    d = ws.begin("s", "k1")
+    (d / "t").mkdir()
+    leftover = d / "t" / f"{part_name(3)}.tmp-99999"  # a worker killed while writing part 3
+    leftover.write_text("half")
+    (d / "t" / part_name(3)).write_text("x")  # the retried part
+    ws.finish("s", {"n": 1}, 0.1)
+    assert not leftover.exists() and (d / "t" / part_name(3)).exists()
+
+
 def _square(x: int) -> int:
     return x * x
 

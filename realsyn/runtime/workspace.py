@@ -139,13 +139,20 @@ class Workspace:
             m["stages"].pop(name, None)
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(m, self.manifest_path)
-        for tmp in d.rglob(f"*{TMP_MARK}*") if d.exists() else []:
-            tmp.unlink(missing_ok=True)
+        self._drop_leftovers(name)
         d.mkdir(parents=True, exist_ok=True)
         self._update(name, status="running", key=key, started=time.time(), **info)
         return d
 
+    def _drop_leftovers(self, name: str) -> None:
+        """Delete the temporary files of writers that died (no writer of the stage is running)."""
+        d = self.dir(name)
+        for tmp in d.rglob(f"*{TMP_MARK}*") if d.exists() else []:
+            tmp.unlink(missing_ok=True)
+
     def finish(self, name: str, counts: dict[str, Any], seconds: float) -> None:
+        """Mark a stage done; temporary files of workers killed during the run are dropped."""
+        self._drop_leftovers(name)
         self._update(name, status="done", counts=counts, seconds=round(seconds, 3), finished=time.time())
 
     def parts(self, name: str, table: str) -> list[Path]:
