@@ -133,6 +133,10 @@ def test_realsyn_run_on_the_hostile_corpus(corpus, tmp_path):
     kept = sum(1 for r in images if r["status"] == "kept")
     assert kept == 5 * sum(v is None for v in hostile.EXPECTED.values())  # every good image, no duplicates
     assert manifest["export"]["counts"] and manifest["report"]["status"] == "done"
+    skipped = manifest["extract"]["counts"]["documents_skipped"]  # documents no reader could use
+    print("documents skipped:", skipped)
+    assert skipped["not_a_document"] == 1 and skipped["missing_document"] == 1 and skipped["damaged_stream_tail"] == 1
+    assert skipped["malformed_json"] >= 1 and skipped["unreadable_document"] >= 1
     assert "skipping entry" in p.stderr and "Data corruption" in p.stderr
 
 

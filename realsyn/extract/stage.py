@@ -28,6 +28,7 @@ from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_documents
 from realsyn.io.readers import detect, read_documents
+from realsyn.io.readers.base import SKIPPED
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.progress import bar
@@ -111,9 +112,11 @@ def stage_key(ctx: Context) -> str:
     return key
 
 
-def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int]:
-    """Run phase 1 over all chunks, skipping finished parts; returns (parts, documents)."""
+def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int, dict[str, int]]:
+    """Run phase 1 over all chunks, skipping finished parts; returns (parts, documents, documents
+    the readers skipped by reason). The driver reads every input, also when parts are done."""
     n = n_docs = 0
+    before = Counter(SKIPPED)
     progress = bar("extract", "docs")
 
     def tasks() -> Iterator[_Task]:
@@ -128,7 +131,7 @@ def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor)
     for docs in executor.map(_process, tasks()):
         progress.update(docs)
     progress.close()
-    return n, n_docs
+    return n, n_docs, dict(sorted((SKIPPED - before).items()))
 
 
 def _read_column(paths: list[Path], columns: list[str]) -> pa.Table:
@@ -199,12 +202,13 @@ def run(ctx: Context, key: str) -> dict:
         detect(path)
     out = ws.begin(NAME, key, inputs=[str(p) for p in ctx.inputs])
     if "parts" not in ws.stage(NAME):
-        n_parts, n_docs = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
-        ws.note(NAME, parts=n_parts, documents=n_docs)
+        n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
+        ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)
     n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
     images = _dedup_images(out, cfg, n_parts)
     sentences = _dedup_sentences(out, n_parts)
-    counts = {"parts": n_parts, "documents": n_docs, "images": summarize(images),
+    counts = {"parts": n_parts, "documents": n_docs, "documents_skipped": ws.stage(NAME).get("documents_skipped", {}),
+              "images": summarize(images),
               "sentences": summarize(sentences)}
     shutil.rmtree(out / "_raw")
     ws.finish(NAME, counts, time.time() - started)

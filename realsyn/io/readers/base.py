@@ -10,6 +10,7 @@ import posixpath
 import stat
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
@@ -17,6 +18,17 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 from realsyn.io.documents import Item, stable_id
 
 log = logging.getLogger("realsyn.io.readers")
+
+SKIPPED: Counter[str] = Counter()
+"""Documents (or the rest of a stream) the readers of this process skipped, by reason; the extract
+stage reports the difference over its reading pass in the manifest (`documents_skipped`)."""
+
+
+def skip(reason: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+    """Log a skipped document (or damaged stream tail) and count it under `reason`."""
+    log.log(level, message, *args)
+    SKIPPED[reason] += 1
+
 
 Lookup = Callable[[str], "bytes | None"]
 """Bytes of a file given its normalised posix path inside an input (folder, zip, ZIM), None if absent."""
@@ -60,7 +72,7 @@ class Seen:
     def first(self, did: str, locator: str) -> bool:
         key = int(did, 16)
         if key in self._ids:
-            log.info("%s: skipping repeated document %s", self._path, locator)
+            skip("repeated_document", "%s: skipping repeated document %s", self._path, locator, level=logging.INFO)
             return False
         self._ids.add(key)
         return True

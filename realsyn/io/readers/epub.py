@@ -13,7 +13,7 @@ from lxml import etree
 from realsyn.io.documents import Document, Item
 from realsyn.io.readers import InputError
 from realsyn.io.readers.base import (MAX_FILE_BYTES, FileRefused, Lookup, base_name, doc_id, folder_lookup, local_path,
-                                     log, norm, resolve_relative)
+                                     norm, resolve_relative, skip)
 from realsyn.io.readers.html import html_to_items
 
 CONTAINER = "META-INF/container.xml"
@@ -60,10 +60,10 @@ def _book(path: Path, name: str, lookup: Lookup) -> Document:
         try:
             data = lookup(doc_path)
         except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as exc:
-            log.warning("%s: cannot read %s (%s)", path, doc_path, exc)
+            skip("unreadable_document", "%s: cannot read %s (%s)", path, doc_path, exc)
             continue
         if data is None:
-            log.warning("%s: spine document %s not found", path, doc_path)
+            skip("missing_document", "%s: spine document %s not found", path, doc_path)
             continue
         page_title, page_items = html_to_items(data, partial(resolve_relative, base=doc_path, lookup=lookup))
         title = title or page_title

@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from realsyn.io.documents import Document
-from realsyn.io.readers.base import base_name, doc_id, folder_lookup, log, read_file, resolve_relative
+from realsyn.io.readers.base import base_name, doc_id, folder_lookup, read_file, resolve_relative, skip
 from realsyn.io.readers.html import html_to_items
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -32,7 +32,7 @@ def read(path: Path) -> Iterator[Document]:
         try:
             data = read_file(root / rel, root)
         except OSError as exc:
-            log.warning("skipping unreadable %s: %s", root / rel, exc)
+            skip("unreadable_document", "skipping unreadable %s: %s", root / rel, exc)
             continue
         title, items = html_to_items(data, partial(resolve_relative, base=rel, lookup=lookup))
         yield Document(doc_id(name, rel), rel, items, title)

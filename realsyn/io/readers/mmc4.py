@@ -10,7 +10,7 @@ from pathlib import Path
 
 from realsyn.io.documents import Document, Item
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Seen, base_name, doc_id, log, text_item
+from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -21,11 +21,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             for n, line in enumerate(fh, 1):
                 yield n, line
     except EOFError:
-        log.warning("%s: gzip stream truncated after line %d; stopping there", path, n)
+        skip("damaged_stream_tail", "%s: gzip stream truncated after line %d; stopping there", path, n)
     except (gzip.BadGzipFile, zlib.error) as exc:
         if n == 0:
             raise InputError(f"cannot read {path}: not a valid gzip file ({exc})") from exc
-        log.warning("%s: damaged gzip stream after line %d (%s); stopping there", path, n, exc)
+        skip("damaged_stream_tail", "%s: damaged gzip stream after line %d (%s); stopping there", path, n, exc)
 
 
 def _items(doc: dict) -> list[Item]:
@@ -58,11 +58,11 @@ def read(path: Path) -> Iterator[Document]:
         try:
             doc = json.loads(line)
         except ValueError as exc:  # includes bad UTF-8
-            log.warning("%s line %d: skipping malformed JSON (%s)", path, n, exc)
+            skip("malformed_json", "%s line %d: skipping malformed JSON (%s)", path, n, exc)
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("text_list") or [], list) \
                 or not isinstance(doc.get("image_info") or [], list):
-            log.warning("%s line %d: skipping, not an MMC4 document", path, n)
+            skip("not_a_document", "%s line %d: skipping, not an MMC4 document", path, n)
             continue
         url = doc.get("url")
         locator = url if isinstance(url, str) and url else f"line {n}"

@@ -16,7 +16,7 @@ from warcio.recordloader import ArcWarcRecord
 
 from realsyn.io.documents import Document, Item
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Seen, base_name, doc_id, is_remote, log
+from realsyn.io.readers.base import Seen, base_name, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import html_to_items
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -38,7 +38,7 @@ def _records(fh: BinaryIO, path: Path) -> Iterator[tuple[ArchiveIterator, ArcWar
     except _ERRORS as exc:
         if n == 0:
             raise InputError(f"cannot read WARC file {path}: {exc}") from exc
-        log.warning("%s: damaged after record %d (%s); stopping there", path, n, exc)
+        skip("damaged_stream_tail", "%s: damaged after record %d (%s); stopping there", path, n, exc)
 
 
 def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
@@ -98,7 +98,7 @@ def read(path: Path) -> Iterator[Document]:
             try:
                 html = rec.content_stream().read()
             except _ERRORS as exc:
-                log.warning("%s: skipping %s, unreadable body (%s)", path, url, exc)
+                skip("unreadable_document", "%s: skipping %s, unreadable body (%s)", path, url, exc)
                 continue
             title, items = html_to_items(html, partial(_resolve, page=url, offsets=offsets, fh=images), charset)
             yield Document(did, url, items, title)

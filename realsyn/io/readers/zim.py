@@ -10,7 +10,7 @@ from libzim.reader import Archive
 
 from realsyn.io.documents import Document
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import base_name, doc_id, log, resolve_relative
+from realsyn.io.readers.base import base_name, doc_id, resolve_relative, skip
 from realsyn.io.readers.html import html_to_items
 
 
@@ -43,7 +43,7 @@ def read(path: Path) -> Iterator[Document]:
                 continue
             content = bytes(item.content)
         except Exception as exc:  # noqa: BLE001 - a damaged cluster (libzim: RuntimeError) spoils its entries only
-            log.warning("%s: skipping entry %d, unreadable (%s)", path, i, exc)
+            skip("unreadable_document", "%s: skipping entry %d, unreadable (%s)", path, i, exc)
             continue
         title, items = html_to_items(content, partial(resolve_relative, base=entry.path, lookup=lookup))
         yield Document(doc_id(name, entry.path), entry.path, items, entry.title or title)
