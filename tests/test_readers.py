@@ -155,6 +155,24 @@ def test_zim_new_namespace_scheme(tmp_path):
     assert doc.items[2].data is None and doc.items[2].error == "missing"
 
 
+def test_mmc4_gzip_bomb_line_is_skipped_without_holding_it(tmp_path, monkeypatch):
+    """A line that decompresses to far more than MAX_LINE_BYTES (here 1 MiB, the bomb 48 MiB of
+    zeros from a 48 KB gzip) is skipped and counted; the lines around it are read."""
+    from realsyn.io.readers import base, mmc4
+
+    monkeypatch.setattr(mmc4, "MAX_LINE_BYTES", 1 << 20)
+    good = [json.dumps({"url": f"http://a/{k}", "text_list": [f"Line {k}."], "image_info": []}).encode() for k in (1, 2)]
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb") as fh:
+        fh.write(good[0] + b"\n" + b'{"text_list": ["')
+        for _ in range(48):
+            fh.write(b"0" * (1 << 20))
+        fh.write(b'"]}\n' + good[1] + b"\n")
+    before = base.SKIPPED["oversized_line"]
+    assert [d.source for d in read_documents(bomb)] == ["http://a/1", "http://a/2"]
+    assert base.SKIPPED["oversized_line"] == before + 1
+
+
 def test_mmc4_gzip_malformed_lines_and_truncation(tmp_path, caplog):
     lines = [json.dumps({"url": "http://a/1", "text_list": ["One.", "Two."],
                          "image_info": [{"raw_url": "http://a/x.jpg", "matched_text_index": 0}]}),

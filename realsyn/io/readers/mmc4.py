@@ -7,18 +7,36 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from realsyn.io.documents import Document, Item
 from realsyn.io.readers import InputError
 from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) pairs; a truncated or damaged gzip stream ends them with a warning."""
+MAX_LINE_BYTES = 64 << 20
+"""Longest JSON line read (64 MiB, far above any real MMC4 document); a longer one, such as a
+decompression bomb, is read past in 1 MiB pieces, never held, and skipped as `oversized_line`."""
+
+
+def _bounded(fh: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of `fh`; None for a line longer than `limit` bytes."""
+    while line := fh.readline(limit + 1):
+        if len(line) <= limit:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = fh.readline(1 << 20)
+        yield None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line or None if oversized) pairs; a truncated or damaged gzip stream ends
+    them with a warning."""
     n = 0
     try:
         with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
-            for n, line in enumerate(fh, 1):
+            for n, line in enumerate(_bounded(fh, MAX_LINE_BYTES), 1):
                 yield n, line
     except EOFError:
         skip("damaged_stream_tail", "%s: gzip stream truncated after line %d; stopping there", path, n)
@@ -53,6 +71,9 @@ def read(path: Path) -> Iterator[Document]:
     path = Path(path)
     name, seen = base_name(path), Seen(path)
     for n, line in _lines(path):
+        if line is None:
+            skip("oversized_line", "%s line %d: skipping a line over %d bytes", path, n, MAX_LINE_BYTES)
+            continue
         if not line.strip():
             continue
         try:
