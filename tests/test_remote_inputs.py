@@ -51,6 +51,10 @@ def test_folder_fetched_whole(memfs, tmp_path):
     memfs.pipe("/realsyn-test/site/img/b.png", b"png")
     local = localize("memory://realsyn-test/site", tmp_path)
     assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["a.html", "img/b.png"]
+    assert localize("memory://realsyn-test/site", tmp_path) == local
+    memfs.pipe("/realsyn-test/site/c.html", b"<p>Two.</p>")  # a file added: a new version of the folder
+    again = localize("memory://realsyn-test/site", tmp_path)
+    assert again != local and (again / "c.html").exists()
 
 
 def test_missing_remote_input_is_an_input_error(memfs, tmp_path):

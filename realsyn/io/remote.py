@@ -2,8 +2,8 @@
 
 The readers need local files (libzim memory-maps its archive), and Ray workers need to see the
 inputs too, so a remote input is copied once into the workspace, `WORK/_inputs/<key>/<name>`,
-where `key` hashes the URL with the remote size and modification stamp (ETag, mtime): a changed
-remote object is fetched again, an unchanged one never. A copy is written under a temporary name
+where `key` hashes the URL with the remote size and modification stamp (ETag, mtime; for a
+folder, those of every file in it): a changed remote object is fetched again, an unchanged one never. A copy is written under a temporary name
 and renamed when complete. Local paths (and `file://` URLs) pass through untouched.
 
 Protocols beyond fsspec's built-ins need their package: `s3fs` for `s3://`, `gcsfs` for `gs://`,
@@ -48,6 +48,14 @@ def _stamp(info: dict[str, Any]) -> str:
     return str(info.get("size"))
 
 
+def _version(fs: Any, path: str, info: dict[str, Any]) -> str:
+    """The stamp of a file; for a folder, a hash of every file's name and stamp."""
+    if info.get("type") != "directory":
+        return _stamp(info)
+    files = fs.find(path, detail=True)
+    return hashlib.sha256("\n".join(f"{k}\0{_stamp(v)}" for k, v in sorted(files.items())).encode()).hexdigest()
+
+
 def localize(spec: str, work: Path) -> Path:
     """A local path for the input `spec`: a local path as it is, a URL copied into the workspace."""
     if not is_url(spec):
@@ -57,7 +65,7 @@ def localize(spec: str, work: Path) -> Path:
         info = fs.info(path)
     except FileNotFoundError:
         raise InputError(f"input not found: {spec}") from None
-    key = hashlib.sha256(f"{spec}\0{_stamp(info)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{spec}\0{_version(fs, path, info)}".encode()).hexdigest()[:16]
     name = Path(path.rstrip("/")).name or "input"
     local = work / FOLDER / key / name
     if local.exists():
