@@ -19,7 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fsspec.callbacks import TqdmCallback
+
 from realsyn.io.readers import InputError
+from realsyn.runtime.progress import bar_options
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,12 @@ def localize(spec: str, work: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.unlink(missing_ok=True)
     log.info("fetching %s into %s", spec, local)
-    if info.get("type") == "directory":
-        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+    folder = info.get("type") == "directory"
+    progress = TqdmCallback(tqdm_kwargs={**bar_options(f"fetch {name}", "files" if folder else "B"),
+                                         "unit_scale": not folder})
+    if folder:
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True, callback=progress)
     else:
-        fs.get_file(path, str(tmp))
+        fs.get_file(path, str(tmp), callback=progress)
     tmp.rename(local)
     return local
