@@ -105,7 +105,7 @@ def test_scales_are_nested(work):
     assert len(ids[order[0]]) < len(ids[order[-1]])  # the small cap really drops pairs on this corpus
 
 
-def test_synthetic_texts_on_the_real_corpus(work):
+def test_synthetic_texts_on_the_real_corpus(work, report):
     """Issue 5's check: non-empty, <= 77 CLIP tokens, mostly different from R1, grounded in the
     image's tags or caption, never the prompt's text."""
     rows = pq.read_table(work / "synth").to_pylist()
@@ -124,7 +124,7 @@ def test_synthetic_texts_on_the_real_corpus(work):
         assert not (ngrams(r["syn_text"]) & fixed) - inputs, r["syn_text"]
         assert not re.search(r"\b(caption|tags|text)\s*:", r["syn_text"], re.I), r["syn_text"]
     fallbacks = sum(r["fallback"] for r in rows)
-    print(f"\nsynth: {len(rows)} images, {sum(differ)} differ from R1, {sum(map(bool, grounded))} grounded, "
+    report(f"synth: {len(rows)} images, {sum(differ)} differ from R1, {sum(map(bool, grounded))} grounded, "
           f"{fallbacks} fallbacks")
 
 
@@ -156,7 +156,7 @@ def _caption_hits(work: Path) -> tuple[int, int, int]:
     return hits, len(eligible), pool
 
 
-def test_retrieval_on_the_real_corpus(work, data_dir, tmp_path):
+def test_retrieval_on_the_real_corpus(work, data_dir, tmp_path, report):
     """Every kept image has k texts, best first. Figure captions enter the sentence pool, so
     they measure document context: the rate at which an image gets its own caption in its top 3,
     printed for the default `global` scope (the paper's) and for `hybrid`, against chance."""
@@ -169,9 +169,9 @@ def test_retrieval_on_the_real_corpus(work, data_dir, tmp_path):
     rates = {scope: _caption_hits(w) for scope, w in (("global", work), ("hybrid", hybrid))}
     recall = json.loads((work / "manifest.json").read_text())["stages"]["retrieve"]["counts"]["recall_at_k"]
     for scope, (hits, eligible, pool) in rates.items():
-        print(f"\nretrieve ({scope}): own figure caption in the top 3 for {hits} of {eligible} images "
+        report(f"retrieve ({scope}): own figure caption in the top 3 for {hits} of {eligible} images "
               f"(chance {3 / pool:.4f})")
-    print(f"recall@3 of the hierarchical search vs exact: {recall}")
+    report(f"retrieve: recall@3 of the hierarchical search vs exact: {recall}")
     hits, eligible, pool = rates["hybrid"]
     assert eligible >= 5  # captions do reach the pool
     assert hits / eligible >= 0.25 > 100 * 3 / pool  # document context: far above chance

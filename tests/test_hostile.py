@@ -108,7 +108,7 @@ def test_encodings_nesting_and_empty_pages(corpus):
 
 
 @pytest.mark.slow
-def test_realsyn_run_on_the_hostile_corpus(corpus, tmp_path):
+def test_realsyn_run_on_the_hostile_corpus(corpus, tmp_path, report):
     """The whole pipeline on all seven inputs: exit 0, the expected reasons, counts that add up."""
     work = tmp_path / "work"
     cmd = [REALSYN, "run", *map(str, corpus), "--out", str(work), "--workers", "1", "--quiet",
@@ -134,7 +134,7 @@ def test_realsyn_run_on_the_hostile_corpus(corpus, tmp_path):
     assert kept == 5 * sum(v is None for v in hostile.EXPECTED.values())  # every good image, no duplicates
     assert manifest["export"]["counts"] and manifest["report"]["status"] == "done"
     skipped = manifest["extract"]["counts"]["documents_skipped"]  # documents no reader could use
-    print("documents skipped:", skipped)
+    report("hostile corpus, documents skipped:", skipped)
     assert skipped["not_a_document"] == 1 and skipped["missing_document"] == 1 and skipped["damaged_stream_tail"] == 1
     assert skipped["malformed_json"] >= 1 and skipped["unreadable_document"] >= 1
     assert "skipping entry" in p.stderr and "Data corruption" in p.stderr

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -203,21 +204,23 @@ def test_eval_trained_run(trained: tuple[Path, dict], export: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_bridge_zeroshot_cifar10(data_dir: Path) -> None:
+def test_bridge_zeroshot_cifar10(data_dir: Path, report: Callable[..., None]) -> None:
     code, out = cli("eval", "--model", "bridge", "--task", "zeroshot", "--data", CIFAR, "--limit", 20, "--json", "--quiet")
     assert code == 0, out
     result = last_json(out)
     assert result["n"] == 200 and result["chance"] == 0.1 and len(result["per_class"]) == 10
+    report(f"bridge zero-shot CIFAR-10 ({result['n']} images): top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} (chance 0.1)")
     assert result["top1"] > 0.2 and result["top5"] > 0.6, result  # measured 0.325 / 0.79
     assert result["mean_per_class"] == pytest.approx(np.mean(list(result["per_class"].values())))
 
 
 @pytest.mark.slow
-def test_bridge_linear_probe_cifar10(data_dir: Path) -> None:
+def test_bridge_linear_probe_cifar10(data_dir: Path, report: Callable[..., None]) -> None:
     code, out = cli("eval", "--model", "bridge", "--task", "linear-probe", "--data", CIFAR, "--limit", 20, "--json", "--quiet")
     assert code == 0, out
     result = last_json(out)
     assert result["n_train"] == result["n"] == 200 and len(result["per_class"]) == 10
+    report(f"bridge linear probe CIFAR-10: top-1 {result['top1']:.3f} (chance 0.1)")
     assert result["top1"] > 0.3, result  # chance 0.1; measured 0.45
 
 
