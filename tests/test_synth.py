@@ -21,7 +21,7 @@ from realsyn.runtime.workspace import Workspace
 from realsyn.synth import stage
 from realsyn.synth.cache import GenerationCache, cache_key
 from realsyn.synth.fuse import CachedLLM, Decoding, Item, fuse
-from realsyn.synth.guard import Guard, fallback_text, ngrams, words
+from realsyn.synth.guard import Guard, clean, fallback_text, ngrams, words
 from realsyn.synth.prompts import PromptError, load_prompt
 from realsyn.synth.tokens import REGEX, estimate
 
@@ -98,6 +98,17 @@ SOURCE = "The café on Via Veneto in Rome has served espresso since 1908."
 ])
 def test_guard_reasons(guard, text, reason):
     assert guard.check(text, CAPTION, TAGS, SOURCE) == reason
+
+
+def test_hopeless_is_final(guard):
+    """A text is hopeless only when every continuation is rejected: the last word may be cut."""
+    loop = "the cat sat on a mat, the cat sat on a"
+    assert not guard.hopeless(loop)  # "a" may still become "anvil"
+    assert guard.hopeless(loop + " mat and")
+    assert guard.check(clean(loop + " mat and"), "a cat", ["cat"], "x") == "repetitive"
+    long = " ".join(["word"] * 3 + [f"w{i}" for i in range(120)])
+    assert guard.hopeless(long) and guard.check(long, "a cat", ["cat"], "x") == "too_long"
+    assert not guard.hopeless("A tabby cat naps on a sofa")
 
 
 def test_guard_allows_prompt_words_that_the_inputs_contain(guard):

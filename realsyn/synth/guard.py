@@ -76,10 +76,11 @@ class Guard:
         return cls(frozenset(ngrams(static_text)), counter.count, **kw)  # type: ignore[arg-type]
 
     def hopeless(self, text: str) -> bool:
-        """True once `text` is rejected whatever follows it: too long or already repetitive."""
-        text = clean(text)
-        runs = ngram_list(text)
-        return len(set(runs)) < len(runs) or self.count(text) > self.max_tokens
+        """True once `text` is rejected whatever follows it: too long or already repetitive,
+        judged without its last word, which generation may not have finished ("a" of "an")."""
+        done = " ".join(words(clean(text))[:-1])
+        runs = ngram_list(done)
+        return len(set(runs)) < len(runs) or self.count(done) > self.max_tokens
 
     def check(self, text: str, caption: str, tags: Sequence[str], source: str) -> str | None:
         """The reason `text` (already cleaned) is rejected, or None."""
