@@ -7,11 +7,8 @@ Perplexity filtering is switched off here to keep CI short (it is tested in test
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,17 +19,10 @@ from PIL import Image
 from realsyn.synth.guard import ngrams, words
 from realsyn.synth.prompts import load_prompt
 from realsyn.synth.tokens import counter
+from run_cli import realsyn
 
 pytestmark = pytest.mark.slow
 STOP = {"a", "an", "the", "of", "or", "and", "photo", "in", "on", "with", "to", "is"}
-
-
-def realsyn(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "realsyn.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=1200)
-    assert not check or done.returncode == 0, f"realsyn {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
-    return done
 
 
 @pytest.fixture(scope="module")

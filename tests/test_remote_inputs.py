@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from realsyn.io.readers import InputError
 from realsyn.io.remote import FOLDER, is_url, localize
+from run_cli import realsyn
 
 
 @pytest.fixture()
@@ -63,10 +62,8 @@ def test_missing_remote_input_is_an_input_error(memfs, tmp_path):
 
 
 def _extract(inp: str, work: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "realsyn.cli", "extract", inp, "--out", str(work), "--quiet",
-                           "--workers", "1", "--set", "extract.sentences.perplexity=false"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return realsyn("extract", inp, "--out", str(work), "--quiet", "--workers", "1",
+                   "--set", "extract.sentences.perplexity=false", check=False, timeout=600)
 
 
 def test_extract_over_http_equals_local(data_dir, tmp_path):
