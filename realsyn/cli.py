@@ -19,7 +19,7 @@ from realsyn.models.registry import ModelError
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import make_executor
 from realsyn.runtime.progress import set_quiet
-from realsyn.runtime.workspace import Workspace
+from realsyn.runtime.workspace import Workspace, write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn interleaved image-text documents into CLIP pre-training data (RealSyn).")
@@ -29,7 +29,7 @@ SetOpt = typer.Option(None, "--set", help="Override one config value, e.g. --set
 ExecOpt = typer.Option(None, "--executor", help="local or ray (overrides runtime.executor).")
 WorkersOpt = typer.Option(None, "--workers", help="Worker processes (overrides runtime.workers; 0 = one per core).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder.")
+OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder, or an fsspec URL (s3://, gs://) worked on in a local scratch copy ($REALSYN_SCRATCH).")
 
 
 def _fail(message: str) -> None:
@@ -47,11 +47,13 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _context(work: Path, config: Path | None, sets: list[str] | None, executor: str | None,
+def _context(out: str, config: Path | None, sets: list[str] | None, executor: str | None,
              workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None) -> Context:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
+    ws = _workspace(out)
+    work = ws.root
     if config is None and (work / "config.yaml").exists():
         config = work / "config.yaml"
     overrides = _overrides(sets)
@@ -62,11 +64,10 @@ def _context(work: Path, config: Path | None, sets: list[str] | None, executor: 
     cfg = load_config(config, overrides)
     paths = [remote.localize(str(p), work) for p in inputs or []]  # URLs are fetched into WORK/_inputs
     for p in paths:
-        if not p.exists():
+        if not p.exists() and remote.FOLDER not in p.parts:  # a URL input's copy: fetched where needed
             raise InputError(f"input not found: {p}")
-    ws = Workspace(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yaml").write_text(to_yaml(cfg))
+    write_text(to_yaml(cfg), work / "config.yaml")
     return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), paths)
 
 
@@ -82,7 +83,15 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (finished parts are kept; re-run to resume)")
 
 
-def _run(inputs: Sequence[str] | None, out: Path, until: str | None, config: Path | None,
+def _workspace(out: str) -> Workspace:
+    """The workspace `out`; a URL one needs its fsspec protocol package (s3fs, gcsfs)."""
+    try:
+        return Workspace(out)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open workspace {out}: {exc}".splitlines()[0]) from None
+
+
+def _run(inputs: Sequence[str] | None, out: str, until: str | None, config: Path | None,
          sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
@@ -97,7 +106,7 @@ def _run(inputs: Sequence[str] | None, out: Path, until: str | None, config: Pat
 
 @app.command()
 def run(inputs: List[str] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders), local or fsspec URLs (s3://, gs://, https://)."),
-        out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
+        out: str = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
         config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
         executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
     """Run the pipeline on INPUT... into WORK, resuming where it stopped."""
@@ -105,7 +114,7 @@ def run(inputs: List[str] = typer.Argument(..., help="Input files or folders (.z
 
 
 @app.command()
-def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: Path = OutOpt,
+def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: str = OutOpt,
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
             executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
     """Extract and filter images and sentences (the first stage)."""
@@ -113,7 +122,7 @@ def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders
 
 
 def _stage_command(name: str) -> Callable[..., None]:
-    def command(out: Path = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+    def command(out: str = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                 executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
         _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet, _recorded_inputs(out))))
 
@@ -126,9 +135,11 @@ def _one_stage(name: str, ctx: Context) -> None:
         typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
 
 
-def _recorded_inputs(work: Path) -> list[Path]:
-    """The inputs the workspace's extract stage was run on (they key every later stage)."""
-    return [Path(p) for p in Workspace(work).stage("extract").get("inputs", [])]
+def _recorded_inputs(out: str) -> list[Path]:
+    """The inputs the workspace's extract stage was run on (they key every later stage); a copy
+    of a URL input is recorded relative to the workspace."""
+    ws = _workspace(out)
+    return [ws.root / p if not Path(p).is_absolute() else Path(p) for p in ws.stage("extract").get("inputs", [])]
 
 
 for _name in pipeline.NAMES[1:]:
@@ -137,7 +148,7 @@ for _name in pipeline.NAMES[1:]:
 
 
 @app.command()
-def balance(out: Path = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
+def balance(out: str = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
             cap: Optional[List[int]] = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt) -> None:
     """Run the balance stage (similarity band, k-means, capped draw per named scale)."""
@@ -154,17 +165,18 @@ def balance(out: Path = OutOpt, dry_run: bool = typer.Option(False, "--dry-run",
 
 
 @app.command()
-def status(work: Path = typer.Argument(..., help="Workspace folder.")) -> None:
+def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> None:
     """What is done, counts per stage, and what is stale."""
     def go() -> None:
-        ws = Workspace(work)
+        ws = _workspace(work)
         if not ws.manifest_path.exists():
             _fail(f"no workspace at {work} (manifest.json missing)")
         stages = ws.manifest()["stages"]
-        cfg_path = work / "config.yaml"
+        cfg_path = ws.root / "config.yaml"
         cfg = load_config(cfg_path if cfg_path.exists() else None)
         inputs = _recorded_inputs(work)
-        current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if all(p.exists() for p in inputs) else {}
+        known = all(p.exists() or remote.FOLDER in p.parts for p in inputs)
+        current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if known else {}
         for name in pipeline.NAMES:
             st = stages.get(name)
             if st is None:
@@ -195,7 +207,7 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
     from realsyn.demo import materialize
 
     corpus = materialize(out / "corpus")
-    _run([str(corpus)], out / "work", until, None, None, None, workers, quiet)
+    _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet)
     typer.echo(f"demo workspace: {out / 'work'}", err=True)
     report = out / "work" / "report" / "index.html"
     if report.exists():

@@ -18,12 +18,20 @@ from realsyn.report import stage as report
 from realsyn.retrieve import stage as retrieve
 from realsyn.synth import stage as synth
 from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.mirror import INPUTS
 
 log = logging.getLogger(__name__)
 
 STAGES: list[ModuleType] = [extract, embed, retrieve, synth, balance, export, report]
 NAMES = [s.NAME for s in STAGES]
-__all__ = ["NAMES", "PipelineError", "check_upstream", "keys", "run", "run_stage"]
+__all__ = ["NAMES", "PipelineError", "check_upstream", "keys", "reads", "run", "run_stage"]
+
+
+def reads(name: str) -> list[str]:
+    """The workspace folders stage `name` reads: the inputs' copies for extract, else every
+    earlier stage (a URL workspace downloads them before the stage runs)."""
+    pos = NAMES.index(name)
+    return NAMES[:pos] if pos else [INPUTS]
 
 
 def keys(ctx: Context) -> dict[str, str]:
@@ -37,7 +45,7 @@ def check_upstream(ctx: Context, name: str) -> None:
     if pos > 0:
         up = STAGES[pos - 1]
         if not ctx.ws.is_current(up.NAME, up.stage_key(ctx)):
-            raise PipelineError(f"{name} needs a finished, current {up.NAME} stage in {ctx.ws.root}: run `realsyn {up.NAME}` first")
+            raise PipelineError(f"{name} needs a finished, current {up.NAME} stage in {ctx.ws.name}: run `realsyn {up.NAME}` first")
 
 
 def run_stage(ctx: Context, name: str) -> dict:
@@ -49,6 +57,7 @@ def run_stage(ctx: Context, name: str) -> dict:
         log.info("%s: up to date", name)
         return ctx.ws.stage(name)["counts"]
     log.info("%s: running", name)
+    ctx.ws.pull(reads(name))
     return module.run(ctx, key)
 
 

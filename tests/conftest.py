@@ -31,3 +31,30 @@ def data_dir() -> Path:
     if not DATA.exists():
         pytest.skip(f"shared test data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def s3_env() -> dict[str, str]:
+    """A real S3 endpoint on loopback (moto's server, speaking the S3 protocol over HTTP) with a
+    bucket `realsyn`; returns the environment that points s3fs/botocore at it, also set here."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("realsyn")
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

@@ -86,12 +86,13 @@ def test_extract_over_http_equals_local(data_dir, tmp_path):
 
 
 def test_missing_protocol_package_is_one_line(tmp_path):
-    pytest.importorskip("fsspec")
     try:
-        import s3fs  # noqa: F401
-        pytest.skip("s3fs is installed")
+        import gcsfs  # noqa: F401
+        pytest.skip("gcsfs is installed")
     except ImportError:
         pass
-    done = _extract("s3://some-bucket/docs.jsonl", tmp_path / "w")
-    assert done.returncode == 2 and "s3fs" in done.stderr and "Traceback" not in done.stderr
+    done = _extract("gs://some-bucket/docs.jsonl", tmp_path / "w")
+    assert done.returncode == 2 and "gcsfs" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "w").exists()
+    done = _extract(str(tmp_path / "docs.jsonl"), "gs://some-bucket/work")  # a workspace URL, too
+    assert done.returncode == 2 and "gcsfs" in done.stderr and "Traceback" not in done.stderr

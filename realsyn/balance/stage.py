@@ -70,7 +70,7 @@ def _read_pairs(ws: Workspace) -> pa.Table:
         tables.append(pa.table({"image_id": t["image_id"], "part": pa.array(np.full(len(t), part, np.int32)),
                                 "sim": pc.cast(pc.list_element(t["sims"], 0), pa.float32())}))
     if not tables:
-        raise PipelineError(f"balance needs retrieve/pairs in {ws.root}: run `realsyn retrieve` first")
+        raise PipelineError(f"balance needs retrieve/pairs in {ws.name}: run `realsyn retrieve` first")
     return pa.concat_tables(tables).combine_chunks()
 
 

@@ -200,7 +200,7 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     for path in ctx.inputs:  # a bad input stops the run before the finished stage is cleared
         detect(path)
-    out = ws.begin(NAME, key, inputs=[str(p) for p in ctx.inputs])
+    out = ws.begin(NAME, key, inputs=[ws.relative(p) for p in ctx.inputs])
     if "parts" not in ws.stage(NAME):
         n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
         ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)

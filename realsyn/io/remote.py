@@ -4,7 +4,8 @@ The readers need local files (libzim memory-maps its archive), and Ray workers n
 inputs too, so a remote input is copied once into the workspace, `WORK/_inputs/<key>/<name>`,
 where `key` hashes the URL with the remote size and modification stamp (ETag, mtime; for a
 folder, those of every file in it): a changed remote object is fetched again, an unchanged one never. A copy is written under a temporary name
-and renamed when complete. Local paths (and `file://` URLs) pass through untouched.
+and renamed when complete; with a URL workspace it is uploaded there too, so that other nodes and
+later runs elsewhere find it. Local paths (and `file://` URLs) pass through untouched.
 
 Protocols beyond fsspec's built-ins need their package: `s3fs` for `s3://`, `gcsfs` for `gs://`,
 `aiohttp` for `http(s)://` (extras `realsyn[s3]`, `realsyn[gcs]`, `realsyn[http]`).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,11 @@ from typing import Any
 from fsspec.callbacks import TqdmCallback
 
 from realsyn.io.readers import InputError
+from realsyn.runtime import mirror
+from realsyn.runtime.mirror import INPUTS as FOLDER, is_url, local_path
 from realsyn.runtime.progress import bar_options
 
 log = logging.getLogger(__name__)
-
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-FOLDER = "_inputs"  # "_": never read as part of a stage's dataset
-
-
-def is_url(spec: str) -> bool:
-    return bool(_URL.match(spec)) and not spec.startswith("file://")
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
@@ -62,7 +57,7 @@ def _version(fs: Any, path: str, info: dict[str, Any]) -> str:
 def localize(spec: str, work: Path) -> Path:
     """A local path for the input `spec`: a local path as it is, a URL copied into the workspace."""
     if not is_url(spec):
-        return Path(spec[len("file://"):] if spec.startswith("file://") else spec)
+        return Path(local_path(spec))
     fs, path = _filesystem(spec)
     try:
         info = fs.info(path)
@@ -71,6 +66,8 @@ def localize(spec: str, work: Path) -> Path:
     key = hashlib.sha256(f"{spec}\0{_version(fs, path, info)}".encode()).hexdigest()[:16]
     name = Path(path.rstrip("/")).name or "input"
     local = work / FOLDER / key / name
+    if not local.exists() and (m := mirror.active()) is not None:
+        m.pull([local.parent.relative_to(m.local).as_posix()])  # fetched before, from another machine
     if local.exists():
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -87,4 +84,6 @@ def localize(spec: str, work: Path) -> Path:
     else:
         fs.get_file(path, str(tmp), callback=progress)
     tmp.rename(local)
+    if (m := mirror.active()) is not None:  # a URL workspace keeps the copy for other nodes and machines
+        m.sync_up(local.parent.relative_to(m.local).as_posix())
     return local

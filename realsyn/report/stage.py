@@ -226,7 +226,7 @@ def build(ctx: Context) -> str:
     r1, s1 = [t or "" for t in texts["text1"].to_pylist()], [t or "" for t in texts["syn_text"].to_pylist()]
     sections = [_overview(ctx, scale), _funnel(ctx), _similarity(ctx, scale, _s1_sims(ctx, scale, texts)),
                 _tokens(r1, s1), _entities(r1, s1), _topics(ctx, r1, s1), _clusters(ctx), _gallery(ctx, scale)]
-    intro = note(f"Workspace {ctx.ws.root.resolve()}; assessments on scale {scale}, {texts.num_rows:,} sampled pairs "
+    intro = note(f"Workspace {ctx.ws.name}; assessments on scale {scale}, {texts.num_rows:,} sampled pairs "
                  f"(seed {cfg.runtime.seed}). R1 = best realistic text, S1 = synthetic text.")
     return page("RealSyn dataset report", intro, sections)
 

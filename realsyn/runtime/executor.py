@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
+from realsyn.runtime import mirror
+
 if TYPE_CHECKING:
     from realsyn.config import RayConfig
 
@@ -86,6 +88,7 @@ class LocalExecutor(Executor):
         if self.workers == 1:
             yield from map(fn, tasks)
             return
+        fn = mirror.bind(fn)
         pool = self._get_pool()
         pending: set[Future[R]] = set()
         for task in tasks:

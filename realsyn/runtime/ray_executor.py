@@ -14,8 +14,11 @@ retried up to `max_retries` times. Parts are written under a temporary name and 
 killed attempt leaves no half-written part, and retries rewrite the same bytes. A part that still
 fails is logged with its error; the other parts run to the end, then `PartsFailed` stops the run.
 
-Workers open the same paths as the driver (after `chdir` to the driver's working directory): the
-workspace and the inputs must be on a filesystem every node mounts at the same path.
+Workers open the same paths as the driver (after `chdir` to the driver's working directory): a
+local workspace and local inputs must be on a filesystem every node mounts at the same path. With
+a URL workspace (`mirror.py`), each node works in its own scratch copy at the same path: a
+worker downloads the folders its stage reads before its first part, and the driver downloads
+the parts other nodes wrote when the stage's parts are done.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from realsyn.config import RayConfig
+from realsyn.runtime import mirror
 from realsyn.runtime.context import PipelineError
 from realsyn.runtime.executor import Executor
 
@@ -86,11 +90,18 @@ def _kill_hook(stage: str) -> Callable[[], None] | None:
     return die
 
 
-def _run_part(fn: Callable[[T], R], task: T, cwd: str) -> R:
+def _reads(stage: str) -> tuple[str, ...]:
+    """The workspace folders a stage's workers read (none for a function outside the pipeline)."""
+    from realsyn import pipeline
+
+    return tuple(pipeline.reads(stage)) if stage in pipeline.NAMES else ()
+
+
+def _run_part(fn: Callable[[T], R], task: T, cwd: str, stage: str) -> R:
     """The Ray task: one part, run in the driver's working directory."""
     if os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)
-    die = _kill_hook(stage_of(fn))
+    die = _kill_hook(stage)
     result = fn(task)
     if die is not None:
         die()
@@ -139,6 +150,12 @@ class RayExecutor(Executor):
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         stage, cwd = stage_of(fn), os.getcwd()
+        reads = _reads(stage)
+        yield from self._map(mirror.bind(fn, stage, reads), tasks, stage, cwd)
+        if (m := mirror.active()) is not None and reads:  # the parts that workers on other nodes wrote
+            m.pull([stage])
+
+    def _map(self, fn: Callable[[T], R], tasks: Iterable[T], stage: str, cwd: str) -> Iterator[R]:
         ray: Any = None
         submit: Callable[..., Any] | None = None
         cap = 0
@@ -163,7 +180,7 @@ class RayExecutor(Executor):
                     ray = self._connect()
                     submit = self._remote.options(**self._options(stage)).remote
                     cap = self._in_flight(ray)
-                pending[submit(fn, task, cwd)] = task
+                pending[submit(fn, task, cwd, stage)] = task
                 while len(pending) >= cap:
                     yield from collect()
             while pending:

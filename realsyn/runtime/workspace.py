@@ -5,6 +5,9 @@ stage, the upstream stage's key for the others) and the seed. When the key recor
 manifest differs, the stage's folder is wiped and the stage redone; since every downstream key
 contains its upstream key, everything downstream is redone too. Finished parts are skipped on
 re-run, and a part is never half-written: it is written under a temporary name, then renamed.
+
+The workspace may be an fsspec URL (`s3://…`, `gs://…`): stages then work in a local scratch copy
+that `mirror.Mirror` keeps in step with the store (see there).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_MARK = ".tmp-"
+from realsyn.runtime import mirror
+from realsyn.runtime.mirror import INPUTS, TMP_MARK, is_url, local_path
 _FAULT_WRITES = [0]
 
 
@@ -49,7 +53,8 @@ def _fault_hook(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds (and,
+    with a URL workspace, upload it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     try:
@@ -58,6 +63,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if (m := mirror.active()) is not None:
+        m.push(path)
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -66,10 +73,15 @@ def write_table(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def write_text(text: str, path: Path) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(data: Any, path: Path) -> None:
     """Write a JSON file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def summarize(counts: Counter) -> dict[str, Any]:
@@ -85,9 +97,14 @@ def part_name(index: int) -> str:
 
 
 def fingerprint(paths: list[Path]) -> str:
-    """A cheap fingerprint of input files: names, sizes and modification times."""
+    """A cheap fingerprint of input files: names, sizes and modification times. A copy of a URL
+    input (`WORK/_inputs/KEY/…`) is fingerprinted by that relative path alone: KEY already hashes
+    the URL and its version, and the copy may not be on this machine."""
     h = hashlib.sha256()
     for root in paths:
+        if INPUTS in root.parts:
+            h.update(f"{Path(*root.parts[root.parts.index(INPUTS):]).as_posix()}\n".encode())
+            continue
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             st = f.stat()
@@ -96,11 +113,28 @@ def fingerprint(paths: list[Path]) -> str:
 
 
 class Workspace:
-    """The folder `root` of one pipeline run."""
+    """The folder of one pipeline run: a local path, or a URL worked on in a local mirror `root`."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, location: Path | str, scratch: Path | None = None):
+        self.location = str(location)
+        self.mirror = mirror.Mirror.for_url(self.location, scratch) if is_url(self.location) else None
+        self.root = self.mirror.local if self.mirror else Path(local_path(self.location))
         self.manifest_path = self.root / "manifest.json"
+        mirror.activate(self.mirror)
+        if self.mirror is not None:  # the store is the reference: its manifest and config, or none
+            for name in ("manifest.json", "config.yaml"):
+                if not self.mirror.pull_file(name):
+                    (self.root / name).unlink(missing_ok=True)
+
+    @property
+    def name(self) -> str:
+        """What the user calls the workspace: its URL, or its absolute path."""
+        return self.location if self.mirror else str(self.root.resolve())
+
+    def pull(self, names: list[str]) -> None:
+        """With a URL workspace: download what the store has of these folders and this one lacks."""
+        if self.mirror is not None:
+            self.mirror.pull(names)
 
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -120,6 +154,13 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(m, self.manifest_path)
 
+    def relative(self, path: Path) -> str:
+        """`path` relative to the workspace when inside it (so it holds on another machine)."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
     def dir(self, name: str) -> Path:
         return self.root / name
 
@@ -135,10 +176,14 @@ class Workspace:
         if self.stage(name).get("key") != key:
             if d.exists():
                 shutil.rmtree(d)
+            if self.mirror is not None:
+                self.mirror.remove(name)
             m = self.manifest()
             m["stages"].pop(name, None)
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(m, self.manifest_path)
+        else:
+            self.pull([name])  # resume from the parts the store holds
         self._drop_leftovers(name)
         d.mkdir(parents=True, exist_ok=True)
         self._update(name, status="running", key=key, started=time.time(), **info)
@@ -151,8 +196,11 @@ class Workspace:
             tmp.unlink(missing_ok=True)
 
     def finish(self, name: str, counts: dict[str, Any], seconds: float) -> None:
-        """Mark a stage done; temporary files of workers killed during the run are dropped."""
+        """Mark a stage done; temporary files of workers killed during the run are dropped. With a
+        URL workspace, the stage's folder in the store is made equal to the local one first."""
         self._drop_leftovers(name)
+        if self.mirror is not None:
+            self.mirror.sync_up(name)
         self._update(name, status="done", counts=counts, seconds=round(seconds, 3), finished=time.time())
 
     def parts(self, name: str, table: str) -> list[Path]:
