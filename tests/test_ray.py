@@ -84,8 +84,9 @@ def assert_same(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head node and a worker node (one CPU each) on this machine; stopped even on failure."""
+def cluster(s3_env: dict[str, str]):
+    """A head node and a worker node (one CPU each) on this machine; stopped even on failure. The
+    nodes start with the test S3 endpoint's credentials, as real nodes have theirs."""
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
@@ -125,6 +126,28 @@ def test_make_executor_ray_and_resources():
     assert stage_of(stage._process) == "embed"
     assert describe(stage._Task("images", 3, Path("/w/extract"), Path("/w/embed"), "bridge", "cpu", 8, "float16", 1)) \
         == "_Task(kind='images', index=3, extract_dir=extract, out=embed, model='bridge', device='cpu', batch_size=8, dtype='float16', threads=1)"
+
+
+@pytest.mark.slow
+def test_model_stage_parts_run_on_actors_that_load_once(cluster: str):
+    def which_actor(task: int) -> tuple[str | None, int, int]:  # nested: sent by value, workers cannot import tests
+        import builtins
+        import os
+        import time
+
+        import ray
+
+        model = builtins.__dict__.setdefault("_realsyn_test_model", time.monotonic_ns())  # loaded once per process
+        return ray.get_runtime_context().get_actor_id(), os.getpid(), model
+
+    ex = RayExecutor(RayConfig(address=cluster, actors=[stage_of(which_actor)]), workers=2)
+    with ex:
+        runs = list(ex.map(which_actor, range(12)))
+    actors = {a for a, _, _ in runs}
+    assert None not in actors and 1 <= len(actors) <= 2  # every part ran on one of the two actors
+    assert len(set(runs)) == len(actors)  # each actor loaded its model once
+    with RayExecutor(RayConfig(address=cluster, actors=[]), workers=2) as plain:
+        assert {a for a, _, _ in plain.map(which_actor, range(4))} == {None}  # other stages: plain tasks
 
 
 @pytest.mark.slow

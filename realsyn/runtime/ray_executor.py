@@ -1,13 +1,14 @@
 """The Ray executor: a stage's parts run as Ray tasks on a cluster (issue 8).
 
-Each part is one Ray task (`_run_part`), submitted as the stage's task iterator yields it, with at
+Each part is one Ray task (`_run_part`, or an actor call), submitted as the stage's task iterator yields it, with at
 most twice `workers` (or the cluster's CPUs) in flight; results come back in completion order, as
 with the local executor. Resources per task come from `runtime.ray.num_cpus` / `num_gpus`, keyed by
 the stage that owns the task function (`realsyn.<stage>.…`).
 
-Model stages need no actors: the task function is declared with `max_calls=0`, so Ray keeps and
-reuses its worker processes (GPU ones included), and `realsyn.models.load` is lru-cached per
-process, so each worker loads a model once and then takes part after part (a part is the batch).
+Model stages (`runtime.ray.actors`) run their parts on a pool of `PartRunner` actors, one per
+slot, for the stage's lifetime: `realsyn.models.load` is cached per process, so an actor loads its
+models on its first part and then takes part after part (a part is the batch). Other stages run
+plain tasks, declared with `max_calls=0` so that Ray reuses their worker processes.
 
 Failures: a part whose worker dies (killed, out of memory, node lost) or whose task raises is
 retried up to `max_retries` times. Parts are written under a temporary name and renamed, so a
@@ -40,8 +41,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
 
-# Environment passed on to the workers (offline model settings, realsyn's own switches).
-FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
+# Environment passed on to the workers: offline model settings, realsyn's own switches, and where
+# the object store is (endpoint, region, profile name; never credentials, which each node has).
+FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
 # Test-only fault injection: kill the worker once per listed stage, mid-part (see `_kill_hook`).
 KILL_STAGES, KILL_DIR, KILL_AFTER = "REALSYN_TEST_KILL_STAGES", "REALSYN_TEST_KILL_DIR", "REALSYN_TEST_KILL_AFTER"
 
@@ -108,6 +111,56 @@ def _run_part(fn: Callable[[T], R], task: T, cwd: str, stage: str) -> R:
     return result
 
 
+class PartRunner:
+    """A Ray actor of a model stage: the models its parts load (`realsyn.models.load`, cached per
+    process) are loaded by its first part and serve every later one."""
+
+    def run(self, fn: Callable[[T], R], task: T, cwd: str, stage: str) -> R:
+        return _run_part(fn, task, cwd, stage)
+
+
+class _TaskPool:
+    """Parts as plain Ray tasks; twice the slots are submitted ahead, as with the local executor,
+    so a worker finds its next part waiting."""
+
+    def __init__(self, submit: Callable[..., Any], slots: int):
+        self.submit, self.cap = submit, 2 * slots
+
+    def done(self, ref: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _ActorPool:
+    """One `PartRunner` actor per slot, for the stage's lifetime; a part goes to the actor with the
+    fewest parts queued (at most two each). A dead actor is restarted and its parts retried up to
+    `max_retries` times (`retry_exceptions` for a part that raised)."""
+
+    def __init__(self, ray: Any, actor: Any, options: dict[str, Any], slots: int):
+        retries = options["max_retries"]
+        make = actor.options(num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], max_restarts=-1,
+                             max_task_retries=retries)
+        self.ray, self.actors, self.cap = ray, [make.remote() for _ in range(slots)], 2 * slots
+        self.load, self.owner = [0] * slots, {}
+        self._call = {"max_task_retries": retries, "retry_exceptions": True}
+
+    def submit(self, *args: Any) -> Any:
+        i = min(range(len(self.actors)), key=self.load.__getitem__)
+        ref = self.actors[i].run.options(**self._call).remote(*args)
+        self.load[i] += 1
+        self.owner[ref] = i
+        return ref
+
+    def done(self, ref: Any) -> None:
+        self.load[self.owner.pop(ref)] -= 1
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
 class RayExecutor(Executor):
     """Runs parts as Ray tasks; connects (or starts a local cluster) on first use."""
 
@@ -128,13 +181,14 @@ class RayExecutor(Executor):
             return ray
         if not ray.is_initialized():
             address = self.cfg.address or os.environ.get("RAY_ADDRESS") or "local"
-            env = {k: v for k, v in os.environ.items() if k in FORWARD_ENV or k.startswith("REALSYN_")}
+            env = {k: v for k, v in os.environ.items() if k in FORWARD_ENV or k.startswith(("REALSYN_", "FSSPEC_"))}
             local = {"num_cpus": self.workers or None, "include_dashboard": False,
                      "object_store_memory": self.cfg.object_store_mb << 20 or None} if address == "local" else {}
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **local)
             self._started = True
             log.info("ray: %s, resources %s", "local cluster" if local else address, ray.cluster_resources())
         self._remote = ray.remote(max_calls=0)(_run_part)
+        self._actor = ray.remote(PartRunner)
         return ray
 
     def _options(self, stage: str) -> dict[str, Any]:
@@ -143,10 +197,20 @@ class RayExecutor(Executor):
                 "num_gpus": gpus.get(stage, gpus.get("default", 0.0)),
                 "max_retries": self.cfg.max_retries, "retry_exceptions": True}
 
-    def _in_flight(self, ray: Any) -> int:
-        """Tasks submitted ahead, as the local executor: twice the workers (or the cluster's CPUs),
-        so a worker finds its next part waiting; how many run at once is the cluster's business."""
-        return 2 * (self.workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    def _slots(self, ray: Any, stage: str) -> int:
+        """Parts a stage runs at once: `workers`, else as many as the cluster's CPUs (and GPUs,
+        for a stage that reserves some) hold."""
+        if self.workers:
+            return self.workers
+        opts, have = self._options(stage), ray.cluster_resources()
+        fits = [have.get(r, 0) / opts[k] for r, k in (("CPU", "num_cpus"), ("GPU", "num_gpus")) if opts[k] > 0]
+        return max(1, int(min(fits, default=have.get("CPU", 1))))
+
+    def _pool(self, ray: Any, stage: str) -> "_TaskPool | _ActorPool":
+        slots = self._slots(ray, stage)
+        if stage in self.cfg.actors:
+            return _ActorPool(ray, self._actor, self._options(stage), slots)
+        return _TaskPool(self._remote.options(**self._options(stage)).remote, slots)
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         stage, cwd = stage_of(fn), os.getcwd()
@@ -157,8 +221,7 @@ class RayExecutor(Executor):
 
     def _map(self, fn: Callable[[T], R], tasks: Iterable[T], stage: str, cwd: str) -> Iterator[R]:
         ray: Any = None
-        submit: Callable[..., Any] | None = None
-        cap = 0
+        pool: _TaskPool | _ActorPool | None = None
         pending: dict[Any, T] = {}
         failed: list[tuple[str, str]] = []
 
@@ -166,6 +229,7 @@ class RayExecutor(Executor):
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 task = pending.pop(ref)
+                pool.done(ref)
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:
@@ -176,18 +240,19 @@ class RayExecutor(Executor):
 
         try:
             for task in tasks:
-                if submit is None:  # connect at the first part: a stage with nothing to do starts no cluster
+                if pool is None:  # connect at the first part: a stage with nothing to do starts no cluster
                     ray = self._connect()
-                    submit = self._remote.options(**self._options(stage)).remote
-                    cap = self._in_flight(ray)
-                pending[submit(fn, task, cwd, stage)] = task
-                while len(pending) >= cap:
+                    pool = self._pool(ray, stage)
+                pending[pool.submit(fn, task, cwd, stage)] = task
+                while len(pending) >= pool.cap:
                     yield from collect()
             while pending:
                 yield from collect()
         finally:
             for ref in pending:  # interrupted: do not leave work running on the cluster
                 ray.cancel(ref)
+            if pool is not None:
+                pool.close()
         if failed:
             first = "; ".join(f"{label}: {cause}" for label, cause in failed[:3])
             raise PartsFailed(f"{stage}: {len(failed)} part(s) failed after {self.cfg.max_retries} retries "
