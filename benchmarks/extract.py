@@ -36,7 +36,7 @@ finally:
 def replicate(zim: Path, copies: int, tmp: Path) -> list[str]:
     """`copies` symlinks to the ZIM under distinct names (each replica's documents get their own ids)."""
     src = tmp / f"in{copies}"
-    src.mkdir(exist_ok=True)
+    src.mkdir(parents=True, exist_ok=True)
     inputs = []
     for i in range(copies):
         link = src / f"copy{i:02d}.zim"
