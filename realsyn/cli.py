@@ -18,6 +18,7 @@ from realsyn.io.readers import InputError
 from realsyn.models.registry import ModelError
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import make_executor
+from realsyn.runtime.mirror import StoreError
 from realsyn.runtime.progress import set_quiet
 from realsyn.runtime.workspace import Workspace, write_text
 
@@ -75,7 +76,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
     """Run `fn`, turning the errors a user can fix into a one-line message and exit status 2."""
     try:
         return fn()
-    except (ConfigError, InputError, ModelError, PipelineError) as exc:
+    except (ConfigError, InputError, ModelError, PipelineError, StoreError) as exc:
         _fail(str(exc))
     except OSError as exc:  # disk full, permissions, a vanished file: what was finished stays, re-run resumes
         if exc.errno is None:

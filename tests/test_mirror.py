@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from realsyn.runtime import mirror
-from realsyn.runtime.mirror import Mirror, _in_worker, mirrored
+from realsyn.runtime.mirror import Mirror, StoreError, _in_worker, mirrored
 from realsyn.runtime.workspace import Workspace, fingerprint, write_table
 
 
@@ -83,3 +83,10 @@ def test_inputs_copy_fingerprint_is_its_relative_path(tmp_path: Path):
     a = tmp_path / "a" / "_inputs" / "0123" / "x.zim"
     b = tmp_path / "b" / "_inputs" / "0123" / "x.zim"  # on another machine, not even fetched
     assert fingerprint([a]) == fingerprint([b]) != fingerprint([tmp_path / "a" / "_inputs" / "4567" / "x.zim"])
+
+
+def test_store_failure_is_one_line(s3_env, tmp_path: Path):
+    m = Mirror("s3://no-such-bucket/work", tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(StoreError, match=r"^workspace s3://no-such-bucket/work: .*bucket does not exist$"):
+        m.push(tmp_path / "manifest.json")

@@ -62,6 +62,23 @@ def mirrored(rel: str) -> bool:
     return parts[0] not in LOCAL_ONLY and TMP_MARK not in name and not name.startswith(CACHE_MARK)
 
 
+class StoreError(RuntimeError):
+    """The store cannot be read or written (missing bucket, no credentials, network); one line."""
+
+
+def _store_call(method: Callable[..., R]) -> Callable[..., R]:
+    """Turn a failure of the store into a one-line StoreError naming the workspace."""
+    @functools.wraps(method)
+    def wrapper(self: "Mirror", *args: object, **kwargs: object) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as exc:  # s3fs/gcsfs/botocore raise many types; all mean "the store failed"
+            raise StoreError(f"workspace {self.url}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    return wrapper
+
+
 class Mirror:
     """The store folder `url` and its local copy `local`."""
 
@@ -89,6 +106,7 @@ class Mirror:
         except ValueError:
             return None
 
+    @_store_call
     def _listing(self, rel: str, maxdepth: int | None = None) -> dict[str, int]:
         """Workspace-relative path -> size of the mirrored files under `rel` in the store."""
         self.fs.invalidate_cache()
@@ -104,12 +122,14 @@ class Mirror:
                 out[r] = int(info.get("size") or 0)
         return out
 
+    @_store_call
     def push(self, path: Path) -> None:
         """Upload one finished local file (a no-op outside the workspace or for a cache file)."""
         rel = self._rel(path)
         if rel and mirrored(rel):
             self.fs.put_file(str(path), self._remote(rel))
 
+    @_store_call
     def pull_file(self, rel: str) -> bool:
         """Download one file (replacing the local copy); False when the store has none."""
         self.fs.invalidate_cache()
@@ -128,6 +148,7 @@ class Mirror:
         finally:
             tmp.unlink(missing_ok=True)
 
+    @_store_call
     def pull(self, rels: Iterable[str], maxdepth: int | None = None) -> int:
         """Download the files under each folder `rel` that are missing here or differ in size;
         returns how many were downloaded."""
@@ -140,6 +161,7 @@ class Mirror:
                     progress.update(1)
         return len(todo)
 
+    @_store_call
     def sync_up(self, rel: str) -> None:
         """Make the store's folder `rel` equal to the local one."""
         remote = self._listing(rel)
@@ -152,6 +174,7 @@ class Mirror:
         if gone:
             self.fs.rm(gone)
 
+    @_store_call
     def remove(self, rel: str) -> None:
         """Delete the store's folder `rel`."""
         self.fs.invalidate_cache()
