@@ -204,13 +204,16 @@ def _in_worker(spec: tuple[str, str], reads: tuple[str, ...], stage: str, fn: Ca
     """A part run in a worker process: the driver's mirror is made active; with `reads`, the
     folders the stage reads (and its own top-level files, e.g. the retrieve index) are downloaded
     once per process, for workers on other nodes than the driver."""
-    m = _open(*spec)
+    m, before = _open(*spec), active()
     activate(m)
-    if reads and (m.url, stage) not in _PULLED:
-        m.pull(reads)
-        m.pull([stage], maxdepth=1)
-        _PULLED.add((m.url, stage))
-    return fn(task)
+    try:
+        if reads and (m.url, stage) not in _PULLED:
+            m.pull(reads)
+            m.pull([stage], maxdepth=1)
+            _PULLED.add((m.url, stage))
+        return fn(task)
+    finally:
+        activate(before)  # a reused worker process may next serve a local workspace
 
 
 def bind(fn: Callable[[T], R], stage: str = "", reads: tuple[str, ...] = ()) -> Callable[[T], R]:
