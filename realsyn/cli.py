@@ -20,7 +20,7 @@ from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import make_executor
 from realsyn.runtime.mirror import StoreError
 from realsyn.runtime.progress import set_quiet
-from realsyn.runtime.workspace import Workspace, write_text
+from realsyn.runtime.workspace import Workspace, input_copy, write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn interleaved image-text documents into CLIP pre-training data (RealSyn).")
@@ -65,7 +65,7 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
     cfg = load_config(config, overrides)
     paths = [remote.localize(str(p), work) for p in inputs or []]  # URLs are fetched into WORK/_inputs
     for p in paths:
-        if not p.exists() and remote.FOLDER not in p.parts:  # a URL input's copy: fetched where needed
+        if not p.exists() and input_copy(p, work) is None:  # a URL input's copy: fetched where needed
             raise InputError(f"input not found: {p}")
     work.mkdir(parents=True, exist_ok=True)
     write_text(to_yaml(cfg), work / "config.yaml")
@@ -140,7 +140,7 @@ def _recorded_inputs(out: str) -> list[Path]:
     """The inputs the workspace's extract stage was run on (they key every later stage); a copy
     of a URL input is recorded relative to the workspace."""
     ws = _workspace(out)
-    return [ws.root / p if not Path(p).is_absolute() else Path(p) for p in ws.stage("extract").get("inputs", [])]
+    return [ws.root / p if p.startswith(f"{remote.FOLDER}/") else Path(p) for p in ws.stage("extract").get("inputs", [])]
 
 
 for _name in pipeline.NAMES[1:]:
@@ -176,7 +176,7 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
         cfg_path = ws.root / "config.yaml"
         cfg = load_config(cfg_path if cfg_path.exists() else None)
         inputs = _recorded_inputs(work)
-        known = all(p.exists() or remote.FOLDER in p.parts for p in inputs)
+        known = all(p.exists() or input_copy(p, ws.root) for p in inputs)
         current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if known else {}
         for name in pipeline.NAMES:
             st = stages.get(name)

@@ -82,7 +82,14 @@ def test_worker_on_another_node_fetches_what_its_stage_reads(url: str, tmp_path:
 def test_inputs_copy_fingerprint_is_its_relative_path(tmp_path: Path):
     a = tmp_path / "a" / "_inputs" / "0123" / "x.zim"
     b = tmp_path / "b" / "_inputs" / "0123" / "x.zim"  # on another machine, not even fetched
-    assert fingerprint([a]) == fingerprint([b]) != fingerprint([tmp_path / "a" / "_inputs" / "4567" / "x.zim"])
+    assert fingerprint([a], tmp_path / "a") == fingerprint([b], tmp_path / "b") \
+        != fingerprint([tmp_path / "a" / "_inputs" / "4567" / "x.zim"], tmp_path / "a")
+    own = tmp_path / "data" / "_inputs" / "x.zim"  # a user's folder of that name is an ordinary input
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"one")
+    first = fingerprint([own], tmp_path / "a")
+    own.write_bytes(b"three")
+    assert fingerprint([own], tmp_path / "a") != first
 
 
 def test_store_failure_is_one_line(s3_env, tmp_path: Path):

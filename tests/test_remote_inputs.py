@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -79,6 +80,10 @@ def test_extract_over_http_equals_local(data_dir, tmp_path):
         for kind in ("images", "sentences"):
             a, b = (pq.read_table(w / "extract" / kind).drop_columns(["source"]) for w in (tmp_path / "remote", tmp_path / "local"))
             assert a.num_rows > 0 and a.equals(b)
+        manifest = json.loads((tmp_path / "remote" / "manifest.json").read_text())
+        assert manifest["stages"]["extract"]["inputs"][0].startswith(f"{FOLDER}/")  # holds wherever the workspace goes
+        status = realsyn("status", str(tmp_path / "remote")).stdout
+        assert status.startswith("extract   done") and "stale" not in status
         missing = _extract(url.replace("docs_", "nope_"), tmp_path / "missing")
         assert missing.returncode == 2 and "input not found" in missing.stderr and "Traceback" not in missing.stderr
     finally:

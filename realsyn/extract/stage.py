@@ -105,7 +105,7 @@ def stage_key(ctx: Context) -> str:
     c = ctx.cfg
     models = [f"models.{m}" for m, on in (("llm", c.extract.sentences.perplexity), ("nsfw", c.extract.images.max_nsfw is not None),
                                            ("langid", bool(c.extract.sentences.languages))) if on]
-    key = f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs)}"
+    key = f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs, ctx.ws.root)}"
     if c.download.enabled:  # the failure set, read once per run: a re-run retries the failed URLs
         state = ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
         key += f"-{c.section_hash('download')}{state}"
@@ -200,7 +200,7 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     for path in ctx.inputs:  # a bad input stops the run before the finished stage is cleared
         detect(path)
-    out = ws.begin(NAME, key, inputs=[ws.relative(p) for p in ctx.inputs])
+    out = ws.begin(NAME, key, inputs=[ws.recorded(p) for p in ctx.inputs])
     if "parts" not in ws.stage(NAME):
         n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
         ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)

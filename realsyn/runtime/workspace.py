@@ -96,20 +96,29 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def fingerprint(paths: list[Path]) -> str:
+def fingerprint(paths: list[Path], work: Path | None = None) -> str:
     """A cheap fingerprint of input files: names, sizes and modification times. A copy of a URL
-    input (`WORK/_inputs/KEY/…`) is fingerprinted by that relative path alone: KEY already hashes
-    the URL and its version, and the copy may not be on this machine."""
+    input in workspace `work` (`WORK/_inputs/KEY/…`) is fingerprinted by its path from there alone:
+    KEY already hashes the URL and its version, and the copy may not be on this machine."""
     h = hashlib.sha256()
     for root in paths:
-        if INPUTS in root.parts:
-            h.update(f"{Path(*root.parts[root.parts.index(INPUTS):]).as_posix()}\n".encode())
+        if work is not None and (copy := input_copy(root, work)) is not None:
+            h.update(f"{copy}\n".encode())
             continue
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             st = f.stat()
             h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def input_copy(path: Path, work: Path) -> str | None:
+    """`_inputs/KEY/NAME` when `path` is the copy of a URL input in workspace `work`, else None."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(work).resolve())
+    except ValueError:
+        return None
+    return rel.as_posix() if rel.parts[:1] == (INPUTS,) else None
 
 
 class Workspace:
@@ -154,12 +163,10 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(m, self.manifest_path)
 
-    def relative(self, path: Path) -> str:
-        """`path` relative to the workspace when inside it (so it holds on another machine)."""
-        try:
-            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return str(path)
+    def recorded(self, path: Path) -> str:
+        """How an input is recorded in the manifest: a URL input's copy relative to the workspace
+        (so it holds on another machine), anything else as given."""
+        return input_copy(path, self.root) or str(path)
 
     def dir(self, name: str) -> Path:
         return self.root / name
