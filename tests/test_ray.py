@@ -140,7 +140,7 @@ def test_model_stage_parts_run_on_actors_that_load_once(cluster: str):
         model = builtins.__dict__.setdefault("_realsyn_test_model", time.monotonic_ns())  # loaded once per process
         return ray.get_runtime_context().get_actor_id(), os.getpid(), model
 
-    ex = RayExecutor(RayConfig(address=cluster, actors=[stage_of(which_actor)]), workers=2)
+    ex = RayExecutor(RayConfig(address=cluster, actors=[stage_of(which_actor)]), workers=5)  # the cluster holds 2
     with ex:
         runs = list(ex.map(which_actor, range(12)))
     actors = {a for a, _, _ in runs}

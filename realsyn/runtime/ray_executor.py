@@ -169,6 +169,7 @@ class RayExecutor(Executor):
         self.workers = workers
         self._started = False
         self._remote: Any = None
+        self._actor: Any = None
 
     def threads_for(self, tasks: int) -> int:
         """Math threads per task: the CPUs a task reserves by default (at least 1)."""
@@ -197,20 +198,20 @@ class RayExecutor(Executor):
                 "num_gpus": gpus.get(stage, gpus.get("default", 0.0)),
                 "max_retries": self.cfg.max_retries, "retry_exceptions": True}
 
-    def _slots(self, ray: Any, stage: str) -> int:
-        """Parts a stage runs at once: `workers`, else as many as the cluster's CPUs (and GPUs,
-        for a stage that reserves some) hold."""
-        if self.workers:
-            return self.workers
+    def _fits(self, ray: Any, stage: str) -> int:
+        """How many of a stage's parts the cluster's CPUs (and GPUs, for a stage that reserves
+        some) hold at once."""
         opts, have = self._options(stage), ray.cluster_resources()
         fits = [have.get(r, 0) / opts[k] for r, k in (("CPU", "num_cpus"), ("GPU", "num_gpus")) if opts[k] > 0]
         return max(1, int(min(fits, default=have.get("CPU", 1))))
 
     def _pool(self, ray: Any, stage: str) -> "_TaskPool | _ActorPool":
-        slots = self._slots(ray, stage)
+        """Parts run on `workers` slots (0 = as many as the cluster holds); actors never more than
+        the cluster holds, since an actor that cannot be placed would keep its parts waiting."""
+        fits = self._fits(ray, stage)
         if stage in self.cfg.actors:
-            return _ActorPool(ray, self._actor, self._options(stage), slots)
-        return _TaskPool(self._remote.options(**self._options(stage)).remote, slots)
+            return _ActorPool(ray, self._actor, self._options(stage), min(self.workers or fits, fits))
+        return _TaskPool(self._remote.options(**self._options(stage)).remote, self.workers or fits)
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         stage, cwd = stage_of(fn), os.getcwd()
