@@ -195,6 +195,15 @@ def fetch(url: str, dest: Path) -> Path:
     return dest
 
 
+def uploaded(url: str, folder: str) -> dict[str, object]:
+    """When each object under `folder` of a store workspace was last written."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {p: i["LastModified"] for p, i in fs.find(f"{base}/{folder}", detail=True).items()}
+
+
 def stage_times(root: Path) -> dict[str, float]:
     return {k: v["started"] for k, v in json.loads((root / "manifest.json").read_text())["stages"].items()}
 
@@ -212,10 +221,12 @@ def test_object_store_workspace_equals_local_and_resumes_elsewhere(s3_env: dict[
     before = stage_times(fetch(url, tmp_path / "before"))
     assert {"extract", "embed", "retrieve"} <= set(before)
     assert not list((tmp_path / "before").rglob("*.tmp-*")) and any((tmp_path / "before" / "synth").glob("part-*"))
+    synth_parts = {p: t for p, t in uploaded(url, "synth").items() if "/part-" in p}
     run_pipeline(zim, url, "--workers", "2", env={**s3_env, "REALSYN_SCRATCH": str(tmp_path / "machine-b")})
     after = fetch(url, tmp_path / "after")
     assert {k: stage_times(after)[k] for k in ("extract", "embed", "retrieve")} == \
         {k: before[k] for k in ("extract", "embed", "retrieve")}  # not redone on machine b
+    assert synth_parts and {p: uploaded(url, "synth")[p] for p in synth_parts} == synth_parts  # nor the finished parts
     assert_same(local_run, after)
     status = realsyn("status", url, env={**s3_env, "REALSYN_SCRATCH": str(tmp_path / "machine-c")})
     assert "stale" not in status.stdout and status.stdout.count(" done ") == len(NAMES)
