@@ -50,11 +50,14 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 def _context(out: str, config: Path | None, sets: list[str] | None, executor: str | None,
              workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None) -> Context:
+    """The run's context; `inputs` None means those the workspace's extract stage recorded."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
     ws = _workspace(out)
     work = ws.root
+    if inputs is None:
+        inputs = _recorded_inputs(ws)
     if config is None and (work / "config.yaml").exists():
         config = work / "config.yaml"
     overrides = _overrides(sets)
@@ -63,7 +66,7 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
     if workers is not None:
         overrides["runtime.workers"] = workers
     cfg = load_config(config, overrides)
-    paths = [remote.localize(str(p), work) for p in inputs or []]  # URLs are fetched into WORK/_inputs
+    paths = [remote.localize(str(p), work) for p in inputs]  # URLs are fetched into WORK/_inputs
     for p in paths:
         if not p.exists() and input_copy(p, work) is None:  # a URL input's copy: fetched where needed
             raise InputError(f"input not found: {p}")
@@ -92,7 +95,7 @@ def _workspace(out: str) -> Workspace:
         raise InputError(f"cannot open workspace {out}: {exc}".splitlines()[0]) from None
 
 
-def _run(inputs: Sequence[str] | None, out: str, until: str | None, config: Path | None,
+def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None,
          sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
@@ -125,7 +128,7 @@ def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders
 def _stage_command(name: str) -> Callable[..., None]:
     def command(out: str = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                 executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
-        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet, _recorded_inputs(out))))
+        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet)))
 
     command.__doc__ = f"Run the {name} stage on an existing workspace."
     return command
@@ -136,10 +139,9 @@ def _one_stage(name: str, ctx: Context) -> None:
         typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
 
 
-def _recorded_inputs(out: str) -> list[Path]:
+def _recorded_inputs(ws: Workspace) -> list[Path]:
     """The inputs the workspace's extract stage was run on (they key every later stage); a copy
     of a URL input is recorded relative to the workspace."""
-    ws = _workspace(out)
     return [ws.root / p if p.startswith(f"{remote.FOLDER}/") else Path(p) for p in ws.stage("extract").get("inputs", [])]
 
 
@@ -156,7 +158,7 @@ def balance(out: str = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", 
     from realsyn.balance import stage as balance_stage
 
     def go() -> None:
-        ctx = _context(out, config, set_, None, None, quiet, _recorded_inputs(out))
+        ctx = _context(out, config, set_, None, None, quiet)
         if not dry_run:
             return _one_stage("balance", ctx)
         pipeline.check_upstream(ctx, "balance")
@@ -175,7 +177,7 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
         stages = ws.manifest()["stages"]
         cfg_path = ws.root / "config.yaml"
         cfg = load_config(cfg_path if cfg_path.exists() else None)
-        inputs = _recorded_inputs(work)
+        inputs = _recorded_inputs(ws)
         known = all(p.exists() or input_copy(p, ws.root) for p in inputs)
         current = pipeline.keys(Context(ws, cfg, make_executor("local", 1), inputs)) if known else {}
         for name in pipeline.NAMES:
