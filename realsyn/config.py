@@ -28,6 +28,7 @@ class ImageFilters(_Section):
     max_aspect: float = Field(3.0, gt=0, description="Reject images with width/height above this (paper: 3).")
     max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard: reject images declaring more pixels than this, before decoding (Pillow's default limit).")
     max_nsfw: float | None = Field(None, ge=0, le=1, description="Reject images whose NSFW score (models.nsfw) is above this; null = off (the paper's OBELICS input was NSFW-filtered upstream).")
+    roots: list[str] = Field(default_factory=list, description="Folders outside the input that local image paths taken from the data (an OBELICS path, an `<img src>`) may point into. By default a path is read only if its real path (symbolic links resolved) lies inside the input's own folder; any other is rejected as `outside_input`, unread.")
     phash_distance: int = Field(4, ge=0, le=16, description="Perceptual dedup: images whose 64-bit pHash differ in at most this many bits are near-duplicates (choice: 4; a resize or re-encode moves pHash by 0-2 bits, different photos by ~30).")
 
 
@@ -49,6 +50,9 @@ class SentenceFilters(_Section):
 
 class ExtractConfig(_Section):
     docs_per_part: int = Field(64, ge=1, le=100_000, description="Documents per work part: the unit of parallelism, resume and output files.")
+    follow_symlinks: bool = Field(False, description="Follow symbolic links inside an input folder that point outside it (off: such a link is passed over and counted as `outside_input`).")
+    max_item_mib: int = Field(64, ge=1, le=4096, description="Largest unit read from an input, in MiB: an image file, a zip (EPUB) member, a ZIM entry, a WARC record, a parquet cell. A larger image is rejected as `too_large` without being inflated.")
+    max_document_mib: int = Field(16, ge=1, le=4096, description="Largest page body (HTML/XHTML, decoded) and largest total text of one document, in MiB; a larger document is skipped as `oversized_document`. Real pages and books are far below this; it bounds memory per document (lxml needs ~10-50x the page size).")
     images: ImageFilters = Field(default_factory=ImageFilters)
     sentences: SentenceFilters = Field(default_factory=SentenceFilters)
 

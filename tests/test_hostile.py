@@ -45,7 +45,7 @@ def expected(fmt: str) -> dict[str, str | None]:
     elif fmt == "zim":
         want["missing_file"] = "missing"
     elif fmt == "obelics":
-        want.update(missing_file="missing", dev_zero="not_a_file")
+        want.update(missing_file="missing", dev_zero="outside_input")
     return want
 
 

@@ -29,6 +29,9 @@ class PartRows:
     blobs: dict[str, list[Any]] = field(default_factory=lambda: {"image_id": [], "data": []})
     documents: int = 0
     stored: set[str] = field(default_factory=set)
+    checked: dict[int, tuple[bytes, Any]] = field(default_factory=dict)
+    """Verdicts by identity of the image bytes: an image the reader shares among many items (a
+    member referenced many times) is decoded and hashed once."""
 
 
 IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
@@ -41,8 +44,10 @@ def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractC
     f = cfg.images
     width = height = phash = fmt = None
     if item.data is not None:
-        check = inspect_image(item.data, min_side=f.min_side, min_aspect=f.min_aspect,
-                              max_aspect=f.max_aspect, max_pixels=f.max_pixels)
+        if id(item.data) not in rows.checked:  # the bytes are kept with the verdict: their id stays theirs
+            rows.checked[id(item.data)] = (item.data, inspect_image(
+                item.data, min_side=f.min_side, min_aspect=f.min_aspect, max_aspect=f.max_aspect, max_pixels=f.max_pixels))
+        check = rows.checked[id(item.data)][1]
         image_id = check.sha256[:32]
         width, height, fmt, phash, reason = check.width, check.height, check.format, check.phash, check.reason
         if reason is None and image_id not in rows.stored:

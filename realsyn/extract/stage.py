@@ -27,6 +27,7 @@ from realsyn.dedup import first_occurrence, near_duplicates
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_documents
+from realsyn.io.policy import from_config
 from realsyn.io.readers import detect, read_documents
 from realsyn.io.readers.base import SKIPPED
 from realsyn.runtime.context import Context
@@ -88,10 +89,11 @@ def _process(task: _Task) -> int:
     return rows.documents
 
 
-def _chunks(inputs: Iterable[Path], size: int) -> Iterator[list[Document]]:
+def _chunks(inputs: Iterable[Path], cfg: ExtractConfig) -> Iterator[list[Document]]:
     buf: list[Document] = []
+    size, policy = cfg.docs_per_part, from_config(cfg)
     for path in inputs:
-        for doc in read_documents(path):
+        for doc in read_documents(path, policy):
             buf.append(doc)
             if len(buf) == size:
                 yield buf
@@ -121,7 +123,7 @@ def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor)
 
     def tasks() -> Iterator[_Task]:
         nonlocal n, n_docs
-        for i, docs in enumerate(_chunks(inputs, cfg.extract.docs_per_part)):
+        for i, docs in enumerate(_chunks(inputs, cfg.extract)):
             n, n_docs = i + 1, n_docs + len(docs)
             if (out / "_raw" / "images" / part_name(i)).exists():
                 progress.update(len(docs))

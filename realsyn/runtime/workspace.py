@@ -27,8 +27,10 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from realsyn.io.policy import ReadPolicy, walk_files
 from realsyn.runtime import mirror
 from realsyn.runtime.mirror import INPUTS, TMP_MARK, is_url, local_path
+FOLLOW = ReadPolicy(follow_symlinks=True)
 _FAULT_WRITES = [0]
 
 
@@ -105,7 +107,7 @@ def fingerprint(paths: list[Path], work: Path | None = None) -> str:
         if work is not None and (copy := input_copy(root, work)) is not None:
             h.update(f"{copy}\n".encode())
             continue
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        files = sorted(walk_files(root, FOLLOW)) if root.is_dir() else [root]
         for f in files:
             st = f.stat()
             h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

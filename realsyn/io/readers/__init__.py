@@ -1,7 +1,9 @@
 """Document readers: detect an input's format from its path and stream its Documents.
 
 Formats: Kiwix `.zim`, MMC4 `.jsonl[.gz]`, OBELICS-style `.parquet`, `.warc[.gz]`, a folder of
-`.html` files, and `.epub` (file or unpacked folder). Every reader is a generator `read(path)`.
+`.html` files, and `.epub` (file or unpacked folder). Every reader is a generator
+`read(path, policy)`; the policy (`realsyn.io.policy`) says where local paths may point and caps
+every unit read.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from realsyn.io.documents import Document
+from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
 
 
 class InputError(ValueError):
@@ -17,20 +20,29 @@ class InputError(ValueError):
 
 
 from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402  (they import InputError)
+from realsyn.io.readers.base import skip  # noqa: E402
 
-def _container_files(folder: Path) -> list[Path]:
-    """The files under `folder` whose suffix names a format, in sorted order."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and any(p.name.lower().endswith(s) for s in SUFFIXES))
+def _container_files(folder: Path, policy: ReadPolicy = DEFAULT) -> list[Path]:
+    """The files under `folder` whose suffix names a format, in sorted order; a symbolic link out
+    of the folder is passed over (and counted as `outside_input`) unless the policy follows it."""
+    links: list[Path] = []
+    files = sorted(p for p in walk_files(folder, policy, links) if _is_container(p))
+    for link in sorted(links):
+        skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)
+    return files
 
 
-def _read_folder(folder: Path) -> Iterator[Document]:
+def _is_container(path: Path) -> bool:
+    return any(path.name.lower().endswith(s) for s in SUFFIXES)
+
+
+def _read_folder(folder: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """A folder of input files (e.g. several .zim or .warc.gz): each file read in sorted order."""
-    for path in _container_files(folder):
-        yield from read_documents(path)
+    for path in _container_files(folder, policy):
+        yield from read_documents(path, policy)
 
 
-READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
+READERS: dict[str, Callable[[Path, ReadPolicy], Iterator[Document]]] = {
     "zim": zim.read,
     "mmc4": mmc4.read,
     "obelics": obelics.read,
@@ -55,7 +67,7 @@ def detect(path: Path) -> str:
             return "epub"
         if htmldir.has_html(path):
             return "htmldir"
-        if _container_files(path):
+        if any(_is_container(p) for p in walk_files(path)):
             return "folder"
         raise InputError(f"unknown input format: folder {path} has no .html files and is not an EPUB ({SUPPORTED})")
     name = path.name.lower()
@@ -65,10 +77,10 @@ def detect(path: Path) -> str:
     raise InputError(f"unknown input format: {path} ({SUPPORTED})")
 
 
-def read_documents(path: Path) -> Iterator[Document]:
+def read_documents(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Documents of `path` in a stable order. Format errors are raised here, at once; a corrupt
     container raises InputError when iteration starts."""
-    return READERS[detect(path)](Path(path))
+    return READERS[detect(path)](Path(path), policy)
 
 
 __all__ = ["InputError", "READERS", "detect", "read_documents"]

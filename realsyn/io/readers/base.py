@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from realsyn.io.documents import Item, stable_id
+from realsyn.io.policy import DEFAULT, ReadPolicy
 
 log = logging.getLogger("realsyn.io.readers")
 
@@ -36,8 +37,6 @@ Resolver = Callable[[str], "Item | None"]
 """Image item for an `<img src>` value, None to drop the reference (unsupported scheme, empty src)."""
 
 _READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error)
-MAX_FILE_BYTES = 256 << 20
-"""Largest local image file read (256 MiB); a larger one is an item with `error='too_large'`."""
 
 
 def norm(text: str | None) -> str:
@@ -138,40 +137,64 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
 
 
 class FileRefused(OSError):
-    """A local file that is not read: not a regular file, too large, or (through a symbolic link)
-    outside the input folder. `reason` is the item error."""
+    """A local file or archive member that is not read: not a regular file, over the byte cap, or
+    outside the input. `reason` is the item error (`not_a_file`, `too_large`, `outside_input`)."""
 
-    def __init__(self, reason: str, path: Path):
+    def __init__(self, reason: str, path: Path | str):
         super().__init__(f"{path}: {reason}")
         self.reason = reason
 
 
-def read_file(path: Path, root: Path | None = None) -> bytes:
-    """The bytes of a regular file of at most MAX_FILE_BYTES (never a device, FIFO or socket:
-    `/dev/zero` would never end); with `root`, the resolved path must stay inside it."""
-    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+def read_file(path: Path, root: Path | None = None, policy: ReadPolicy = DEFAULT) -> bytes:
+    """The bytes of a regular file of at most `policy.max_item_bytes` (never a device, FIFO or
+    socket: `/dev/zero` would never end). With `root`, its real path must lie inside `root` or
+    one of `policy.roots` (else `outside_input`)."""
+    if root is not None and not policy.inside(path, root):
         raise FileRefused("outside_input", path)
     st = path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise FileRefused("not_a_file", path)
-    if st.st_size > MAX_FILE_BYTES:
+    if st.st_size > policy.max_item_bytes:
         raise FileRefused("too_large", path)
-    return path.read_bytes()
+    with path.open("rb") as fh:  # read at most the cap: the file may grow while it is read
+        data = fh.read(policy.max_item_bytes + 1)
+    if len(data) > policy.max_item_bytes:
+        raise FileRefused("too_large", path)
+    return data
 
 
-def folder_lookup(root: Path) -> Lookup:
-    """A lookup of files under the folder `root` (symbolic links may not leave it)."""
+def folder_lookup(root: Path, policy: ReadPolicy = DEFAULT) -> Lookup:
+    """A lookup of files under the folder `root` (their real paths may not leave it)."""
     def lookup(rel: str) -> bytes | None:
         p = root / rel
-        return read_file(p, root) if p.is_file() else None
+        return read_file(p, root, policy) if p.is_file() else None
     return lookup
 
 
-def file_item(path: Path) -> Item:
-    """An image item with the bytes of a local file: `error='missing'` when it does not exist,
-    `not_a_file` / `too_large` when it is refused (see `read_file`), `unreadable` on other errors."""
+def memo(lookup: Lookup) -> Lookup:
+    """`lookup` reading each path once (its bytes, absence or refusal are remembered): a member
+    referenced many times costs one read and one copy. Make one per document."""
+    done: dict[str, bytes | None | FileRefused] = {}
+
+    def cached(rel: str) -> bytes | None:
+        if rel not in done:
+            try:
+                done[rel] = lookup(rel)
+            except FileRefused as exc:
+                done[rel] = exc
+        value = done[rel]
+        if isinstance(value, FileRefused):
+            raise value
+        return value
+    return cached
+
+
+def file_item(path: Path, root: Path, policy: ReadPolicy = DEFAULT) -> Item:
+    """An image item with the bytes of the local file `path`, which must lie inside `root` or one
+    of `policy.roots`: `error='missing'` when it does not exist, `outside_input` / `not_a_file` /
+    `too_large` when it is refused (see `read_file`), `unreadable` on other errors."""
     try:
-        return Item("image", data=read_file(path))
+        return Item("image", data=read_file(path, root, policy))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return Item("image", error="missing")
     except FileRefused as exc:
@@ -179,3 +202,8 @@ def file_item(path: Path) -> Item:
     except OSError as exc:
         log.warning("cannot read %s: %s", path, exc)
         return Item("image", error="unreadable")
+
+
+def within_budget(items: list[Item], policy: ReadPolicy) -> bool:
+    """Whether the document's text fits `policy.max_document_bytes` (characters counted)."""
+    return sum(len(i.text) for i in items if i.text) <= policy.max_document_bytes

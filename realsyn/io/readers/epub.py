@@ -11,10 +11,11 @@ from urllib.parse import unquote, urlsplit
 from lxml import etree
 
 from realsyn.io.documents import Document, Item
+from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import (MAX_FILE_BYTES, FileRefused, Lookup, base_name, doc_id, folder_lookup, local_path,
-                                     norm, resolve_relative, skip)
-from realsyn.io.readers.html import html_to_items
+from realsyn.io.readers.base import (FileRefused, Lookup, base_name, doc_id, folder_lookup, local_path, memo, norm,
+                                     resolve_relative, skip, within_budget)
+from realsyn.io.readers.html import page_items
 
 CONTAINER = "META-INF/container.xml"
 CONTENT_TYPES = ("application/xhtml+xml", "text/html")
@@ -40,7 +41,7 @@ def _package(path: Path, lookup: Lookup) -> tuple[str, etree._Element]:
 
 
 def _spine(opf_path: str, opf: etree._Element) -> list[str]:
-    """Paths of the XHTML spine documents, in reading order."""
+    """Paths of the XHTML spine documents, in reading order (one listed twice is read once)."""
     manifest = {i.get("id"): i for i in opf.iterfind("{*}manifest/{*}item")}
     paths = []
     for ref in opf.iterfind("{*}spine/{*}itemref"):
@@ -49,10 +50,11 @@ def _spine(opf_path: str, opf: etree._Element) -> list[str]:
             continue
         if p := local_path(unquote(urlsplit(item.get("href") or "").path), opf_path):
             paths.append(p)
-    return paths
+    return list(dict.fromkeys(paths))
 
 
-def _book(path: Path, name: str, lookup: Lookup) -> Document:
+def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy) -> Iterator[Document]:
+    lookup = memo(lookup)  # an image (or page) referenced many times is read once
     opf_path, opf = _package(path, lookup)
     title = norm(opf.findtext("{*}metadata/{http://purl.org/dc/elements/1.1/}title")) or None
     items: list[Item] = []
@@ -60,25 +62,30 @@ def _book(path: Path, name: str, lookup: Lookup) -> Document:
         try:
             data = lookup(doc_path)
         except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as exc:
-            skip("unreadable_document", "%s: cannot read %s (%s)", path, doc_path, exc)
+            reason = "oversized_document" if getattr(exc, "reason", "") == "too_large" else "unreadable_document"
+            skip(reason, "%s: cannot read %s (%s)", path, doc_path, exc)
             continue
         if data is None:
             skip("missing_document", "%s: spine document %s not found", path, doc_path)
             continue
-        page_title, page_items = html_to_items(data, partial(resolve_relative, base=doc_path, lookup=lookup))
-        title = title or page_title
-        items.extend(page_items)
-    return Document(doc_id(name, opf_path), opf_path, items, title)
+        page = page_items(data, partial(resolve_relative, base=doc_path, lookup=lookup), policy, where=f"{path}:{doc_path}")
+        if page is not None:
+            title = title or page[0]
+            items.extend(page[1])
+        if not within_budget(items, policy):
+            skip("oversized_document", "%s: skipping the book, its text exceeds extract.max_document_mib", path)
+            return
+    yield Document(doc_id(name, opf_path), opf_path, items, title)
 
 
-def read(path: Path) -> Iterator[Document]:
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """The book as one Document (source = the OPF path). Its doc_id uses the name without `.epub`,
     so a zipped book and its unpacked folder give identical documents."""
     path = Path(path)
     name = base_name(path)
     name = name[:-5] if name.lower().endswith(".epub") else name
     if path.is_dir():
-        yield _book(path, name, folder_lookup(path))
+        yield from _book(path, name, folder_lookup(path, policy), policy)
         return
     try:
         zf = zipfile.ZipFile(path)
@@ -86,13 +93,18 @@ def read(path: Path) -> Iterator[Document]:
         raise InputError(f"cannot open EPUB {path}: {exc}") from exc
     with zf:
         names = set(zf.namelist())
-        yield _book(path, name, partial(_zip_member, zf, names, path))
+        yield from _book(path, name, partial(_zip_member, zf, names, path, policy.max_item_bytes), policy)
 
 
-def _zip_member(zf: zipfile.ZipFile, names: set[str], path: Path, member: str) -> bytes | None:
-    """A member's bytes, None when absent; one that inflates beyond MAX_FILE_BYTES is refused."""
+def _zip_member(zf: zipfile.ZipFile, names: set[str], path: Path, cap: int, member: str) -> bytes | None:
+    """A member's bytes, None when absent; one that inflates beyond `cap` bytes is refused
+    (checked on the declared size, and on the bytes inflated, which never exceed it)."""
     if member not in names:
         return None
-    if zf.getinfo(member).file_size > MAX_FILE_BYTES:
+    if zf.getinfo(member).file_size > cap:
         raise FileRefused("too_large", path / member)
-    return zf.read(member)
+    with zf.open(member) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise FileRefused("too_large", path / member)
+    return data

@@ -24,7 +24,8 @@ import re
 from lxml import etree
 
 from realsyn.io.documents import Item
-from realsyn.io.readers.base import Resolver, data_uri_item, norm
+from realsyn.io.policy import ReadPolicy
+from realsyn.io.readers.base import Resolver, data_uri_item, norm, skip
 
 _SKIP_TAGS = frozenset("head script style noscript template nav header footer iframe select button textarea "
                        "figcaption".split())
@@ -59,6 +60,22 @@ def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -
     return _title(root), _Walker(resolve).run(root)
 
 
+def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str | None = None,
+               where: object = "") -> tuple[str | None, list[Item]] | None:
+    """`html_to_items` for a page within `policy.max_document_bytes`; None (the page counted as a
+    skipped document, reason `oversized_document` or `undecodable_page`) otherwise."""
+    if len(html) > policy.max_document_bytes:
+        skip("oversized_document", "%s: skipping a page of %d bytes (extract.max_document_mib)", where, len(html))
+        return None
+    root = parse_html(html, encoding)
+    if root is None:
+        if html.strip() and decode_html(html[:65536], encoding) is None:
+            skip("undecodable_page", "%s: skipping a page whose text encoding cannot be detected", where)
+            return None
+        return None, []
+    return _title(root), _Walker(resolve).run(root)
+
+
 def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
     """Decode error handler: a byte that is not valid UTF-8 is read as windows-1252 (pages that
     mix encodings, or whose declared UTF-8 is really Latin-1), so neither part turns to mojibake."""
@@ -72,19 +89,45 @@ codecs.register_error("realsyn-cp1252", _cp1252_fallback)
 def decode_html(data: bytes, encoding: str | None = None) -> str | None:
     """Bytes -> text: BOM, then `encoding`, then `<?xml encoding>` / `<meta charset>`, else UTF-8.
     Invalid bytes in UTF-8 text (declared or not) are read as windows-1252 one
-    by one. None for binary data (NUL bytes without a UTF-16/32 BOM)."""
+    by one. UTF-16/32 without a BOM is recognised by where its NUL bytes fall; stray NUL bytes in
+    other text are dropped. None for binary data (mostly NUL or control bytes)."""
     for bom, enc in _BOMS:
         if data.startswith(bom):
             return data[len(bom):].decode(enc, "replace")
     head = data[:4096]
     if b"\x00" in head:
-        return None
+        if (wide := _bomless_wide(head)) is not None:
+            return data.decode(wide, "replace")
+        data = data.replace(b"\x00", b"")
+        head = data[:4096]
+        if not head or sum(b < 9 or 13 < b < 32 for b in head) > len(head) // 10:
+            return None
     declared = [encoding] + [m.group(1).decode("ascii") for r in _DECLARED if (m := r.search(head))]
     for name in declared:
         codec = _codec(name)
         if codec:
             return data.decode(codec, "realsyn-cp1252" if codec == "utf-8" else "replace")
     return data.decode("utf-8", "realsyn-cp1252")  # pure windows-1252 comes out whole too
+
+
+def _bomless_wide(head: bytes) -> str | None:
+    """`utf-16-le/be` or `utf-32-le/be` when the NUL bytes of `head` fall where ASCII text in that
+    encoding puts them (most code units are ASCII in markup), else None."""
+    n = len(head) - len(head) % 4
+    if n < 8:
+        return None
+    units = [head[i:n:4] for i in range(4)]
+    zero = [u.count(0) / len(u) for u in units]
+    if zero[1] > .9 and zero[2] > .9 and zero[3] > .9 and zero[0] < .5:
+        return "utf-32-le"
+    if zero[0] > .9 and zero[1] > .9 and zero[2] > .9 and zero[3] < .5:
+        return "utf-32-be"
+    odd, even = (zero[1] + zero[3]) / 2, (zero[0] + zero[2]) / 2
+    if odd > .6 and even < .2:
+        return "utf-16-le"
+    if even > .6 and odd < .2:
+        return "utf-16-be"
+    return None
 
 
 def _codec(name: str | None) -> str | None:

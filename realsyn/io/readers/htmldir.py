@@ -7,14 +7,15 @@ from functools import partial
 from pathlib import Path
 
 from realsyn.io.documents import Document
-from realsyn.io.readers.base import base_name, doc_id, folder_lookup, read_file, resolve_relative, skip
-from realsyn.io.readers.html import html_to_items
+from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
+from realsyn.io.readers.base import base_name, doc_id, folder_lookup, memo, read_file, resolve_relative, skip
+from realsyn.io.readers.html import page_items
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 
 
-def _html_files(root: Path) -> Iterator[Path]:
-    return (p for p in root.rglob("*") if p.suffix.lower() in HTML_SUFFIXES and p.is_file())
+def _html_files(root: Path, policy: ReadPolicy = DEFAULT, links: list[Path] | None = None) -> Iterator[Path]:
+    return (p for p in walk_files(root, policy, links) if p.suffix.lower() in HTML_SUFFIXES)
 
 
 def has_html(root: Path) -> bool:
@@ -22,17 +23,23 @@ def has_html(root: Path) -> bool:
     return any(True for _ in _html_files(root))
 
 
-def read(path: Path) -> Iterator[Document]:
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Files in sorted relative-path order; `source` is the posix path relative to the folder.
     Image paths resolve relative to each file (`/x.png` to the folder root) and never leave the
-    folder; http(s) images are url-only."""
+    folder (or `policy.roots`); http(s) images are url-only."""
     root = Path(path)
-    name, lookup = base_name(root), folder_lookup(root)
-    for rel in sorted(p.relative_to(root).as_posix() for p in _html_files(root)):
+    name, lookup = base_name(root), folder_lookup(root, policy)
+    links: list[Path] = []
+    for rel in sorted(p.relative_to(root).as_posix() for p in _html_files(root, policy, links)):
         try:
-            data = read_file(root / rel, root)
+            data = read_file(root / rel, root, policy)
         except OSError as exc:
-            skip("unreadable_document", "skipping unreadable %s: %s", root / rel, exc)
+            reason = getattr(exc, "reason", "unreadable")
+            skip({"too_large": "oversized_document", "unreadable": "unreadable_document"}.get(reason, reason),
+                 "skipping %s: %s", root / rel, exc)
             continue
-        title, items = html_to_items(data, partial(resolve_relative, base=rel, lookup=lookup))
-        yield Document(doc_id(name, rel), rel, items, title)
+        page = page_items(data, partial(resolve_relative, base=rel, lookup=memo(lookup)), policy, where=root / rel)
+        if page is not None:
+            yield Document(doc_id(name, rel), rel, page[1], page[0])
+    for link in links:
+        skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)

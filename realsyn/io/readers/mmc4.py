@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from realsyn.io.documents import Document, Item
+from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item
+from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item, within_budget
 
 
 MAX_LINE_BYTES = 64 << 20
@@ -65,9 +66,10 @@ def _items(doc: dict) -> list[Item]:
     return items + after.get(-1, [])
 
 
-def read(path: Path) -> Iterator[Document]:
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """One document per JSON line, in file order; doc_id from the `url` (else the line number).
-    Malformed lines are skipped with a warning; a repeated url is skipped."""
+    Malformed lines are skipped with a warning; a repeated url is skipped, and so is a document
+    whose text exceeds `policy.max_document_bytes`."""
     path = Path(path)
     name, seen = base_name(path), Seen(path)
     for n, line in _lines(path):
@@ -88,5 +90,10 @@ def read(path: Path) -> Iterator[Document]:
         url = doc.get("url")
         locator = url if isinstance(url, str) and url else f"line {n}"
         did = doc_id(name, locator)
-        if seen.first(did, locator):
-            yield Document(did, locator, _items(doc))
+        if not seen.first(did, locator):
+            continue
+        items = _items(doc)
+        if within_budget(items, policy):
+            yield Document(did, locator, items)
+        else:
+            skip("oversized_document", "%s line %d: skipping, text over extract.max_document_mib", path, n)

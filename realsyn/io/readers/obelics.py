@@ -11,9 +11,12 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from realsyn.io.arrow import TOO_LARGE, to_records
 from realsyn.io.documents import Document, Item
+from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Seen, base_name, data_uri_item, doc_id, file_item, is_remote, log, norm, text_item
+from realsyn.io.readers.base import (Seen, base_name, data_uri_item, doc_id, file_item, is_remote, log, norm, skip,
+                                     text_item, within_budget)
 
 COLUMNS = ("texts", "images", "url", "metadata", "general_metadata")
 BATCH_ROWS = 16  # rows may carry image bytes: keep batches small
@@ -28,15 +31,18 @@ def _json(value: Any) -> Any:
     return value
 
 
-def image_item(value: Any, folder: Path) -> Item | None:
-    """An image entry -> item: http(s) URL (url only), `data:` URI, local path (absolute or relative
-    to `folder`; `error='missing'` if absent, `not_a_file` for a device such as /dev/zero), raw
-    bytes (empty ones too), or an HF datasets `{bytes, path}` struct."""
+def image_item(value: Any, folder: Path, policy: ReadPolicy = DEFAULT) -> Item | None:
+    """An image entry -> item: http(s) URL (url only), `data:` URI, local path (absolute, relative
+    to `folder`, `file://` or percent-encoded), raw bytes (empty ones too), or an HF datasets
+    `{bytes, path}` struct. A local path is read only if its real path lies inside `folder` or
+    `policy.roots` (else `outside_input`; `missing` if absent, `not_a_file` for a device)."""
+    if value is TOO_LARGE:
+        return Item("image", error="too_large")
     if isinstance(value, (bytes, bytearray)):
         return Item("image", data=bytes(value))  # b"" too: the extract stage rejects it as `empty`
     if isinstance(value, dict):
         data = value.get("bytes")
-        return image_item(data if data is not None else value.get("path"), folder)
+        return image_item(data if data is not None else value.get("path"), folder, policy)
     if not isinstance(value, str):
         if value is not None:
             log.warning("unsupported image entry of type %s", type(value).__name__)
@@ -50,7 +56,12 @@ def image_item(value: Any, folder: Path) -> Item | None:
         return data_uri_item(src)
     if src[:7].lower() == "file://":
         src = unquote(urlsplit(src).path)
-    return file_item(folder / src)  # an absolute `src` replaces `folder`
+    item = Item("image", error="missing")
+    for cand in dict.fromkeys((src, unquote(src))):
+        item = file_item(folder / cand, folder, policy)  # an absolute `cand` replaces `folder`
+        if item.error != "missing":
+            break
+    return item
 
 
 def _locator(rec: dict, row: int) -> str:
@@ -61,7 +72,7 @@ def _locator(rec: dict, row: int) -> str:
     return f"row {row}"
 
 
-def _items(rec: dict, folder: Path) -> list[Item]:
+def _items(rec: dict, folder: Path, policy: ReadPolicy) -> list[Item]:
     """Items by position: the text if there is one, then the image if there is one."""
     texts, images = rec.get("texts") or [], rec.get("images") or []
     meta = _json(rec.get("metadata"))
@@ -71,7 +82,7 @@ def _items(rec: dict, folder: Path) -> list[Item]:
         text = texts[i] if i < len(texts) else None
         if isinstance(text, str) and (t := text_item(text)) is not None:
             items.append(t)
-        image = image_item(images[i], folder) if i < len(images) else None
+        image = image_item(images[i], folder, policy) if i < len(images) else None
         if image is not None:
             if i < len(meta) and isinstance(meta[i], dict):
                 image.alt = norm(meta[i].get("alt_text")) or None
@@ -79,25 +90,52 @@ def _items(rec: dict, folder: Path) -> list[Item]:
     return items
 
 
-def read(path: Path) -> Iterator[Document]:
+def _check_schema(pf: pq.ParquetFile, path: Path) -> list[str]:
+    """The columns to read; InputError unless `texts` and `images` are list columns."""
+    schema = pf.schema_arrow
+    for col in ("texts", "images"):
+        if col not in schema.names:
+            raise InputError(f"{path}: not an OBELICS-style parquet (needs list columns 'texts' and 'images')")
+        t = schema.field(col).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            raise InputError(f"{path}: not an OBELICS-style parquet (column '{col}' is {t}, needs a list)")
+    return [c for c in COLUMNS if c in schema.names]
+
+
+def _byte_leaves(pf: pq.ParquetFile, columns: list[str]) -> list[str]:
+    """Paths of the string/binary leaves of `columns`, read as dictionaries so that a value
+    repeated in many cells is held (and converted) once."""
+    return [c.path for c in (pf.schema.column(i) for i in range(len(pf.schema)))
+            if c.physical_type == "BYTE_ARRAY" and c.path.split(".")[0] in columns]
+
+
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Rows in file order, streamed in small batches. doc_id from the `url` column, else
-    `general_metadata.url`, else the row number; a repeated url is skipped."""
+    `general_metadata.url`, else the row number; a repeated url is skipped. A cell over
+    `policy.max_item_bytes` is never converted (an image gets `too_large`, a text drops the
+    document as `oversized_document`), and nor is a document whose text exceeds
+    `policy.max_document_bytes`."""
     path = Path(path)
     try:
         pf = pq.ParquetFile(path)
+        columns = _check_schema(pf, path)
+        pf = pq.ParquetFile(path, read_dictionary=_byte_leaves(pf, columns))
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read parquet file {path}: {exc}") from exc
-    names = set(pf.schema_arrow.names)
-    if not {"texts", "images"} <= names:
-        raise InputError(f"{path}: not an OBELICS-style parquet (needs list columns 'texts' and 'images')")
     name, seen, row = base_name(path), Seen(path), 0
     try:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[c for c in COLUMNS if c in names]):
-            for rec in batch.to_pylist():
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            for rec in to_records(batch, policy.max_item_bytes):
                 locator = _locator(rec, row)
                 row += 1
                 did = doc_id(name, locator)
-                if seen.first(did, locator):
-                    yield Document(did, locator, _items(rec, path.parent))
+                if not seen.first(did, locator):
+                    continue
+                items = _items(rec, path.parent, policy) if TOO_LARGE not in (rec.get("texts") or ()) else None
+                if items is None or not within_budget(items, policy):
+                    skip("oversized_document", "%s row %d: skipping, text over the byte caps (extract.max_*_mib)",
+                         path, row - 1)
+                    continue
+                yield Document(did, locator, items)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read parquet file {path} (row {row}): {exc}") from exc

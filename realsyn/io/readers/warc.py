@@ -15,9 +15,10 @@ from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
 from realsyn.io.documents import Document, Item
+from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
 from realsyn.io.readers.base import Seen, base_name, doc_id, is_remote, log, skip
-from realsyn.io.readers.html import html_to_items
+from realsyn.io.readers.html import page_items
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _ERRORS = (ArchiveLoadFailed, EOFError, OSError, ValueError, zlib.error)
@@ -62,27 +63,39 @@ def _image_offsets(path: Path) -> dict[str, int]:
     return offsets
 
 
-def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO) -> Item | None:
-    """Absolute URL of `src`; bytes when the archive has that image, else url only."""
+def _content(rec: ArcWarcRecord, cap: int) -> bytes | None:
+    """The record's payload (transfer and content encodings undone), None when it exceeds `cap`
+    bytes: at most cap + 1 bytes are ever inflated."""
+    data = rec.content_stream().read(cap + 1)
+    return None if len(data) > cap else data
+
+
+def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO, cap: int, seen: dict[str, Item]) -> Item | None:
+    """Absolute URL of `src`; bytes when the archive has that image (read once per page: `seen`),
+    else url only."""
     try:
         url = urldefrag(urljoin(page, src.strip()))[0]
     except ValueError:
         return None
     if not is_remote(url):
         return None
-    if url in offsets:
-        try:
-            fh.seek(offsets[url])
-            rec = next(ArchiveIterator(fh))
-            return Item("image", data=rec.content_stream().read(), url=url)
-        except (*_ERRORS, StopIteration) as exc:
-            log.warning("cannot read archived image %s: %s", url, exc)
-    return Item("image", url=url)
+    if url not in seen:
+        seen[url] = Item("image", url=url)
+        if url in offsets:
+            try:
+                fh.seek(offsets[url])
+                data = _content(next(ArchiveIterator(fh)), cap)
+                seen[url] = Item("image", url=url, data=data, error="too_large" if data is None else None)
+            except (*_ERRORS, StopIteration) as exc:
+                log.warning("cannot read archived image %s: %s", url, exc)
+    hit = seen[url]
+    return Item("image", data=hit.data, url=url, error=hit.error)
 
 
-def read(path: Path) -> Iterator[Document]:
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Status-200 HTML responses in archive order (`revisit` and other records ignored); a URL
-    captured twice keeps its first capture. doc_id from the target URL."""
+    captured twice keeps its first capture. doc_id from the target URL. A page over
+    `policy.max_document_bytes` is skipped, an image over `policy.max_item_bytes` is `too_large`."""
     path = Path(path)
     offsets = _image_offsets(path)
     name, seen = base_name(path), Seen(path)
@@ -96,9 +109,14 @@ def read(path: Path) -> Iterator[Document]:
             if not seen.first(did, url):
                 continue
             try:
-                html = rec.content_stream().read()
+                html = _content(rec, policy.max_document_bytes)
             except _ERRORS as exc:
                 skip("unreadable_document", "%s: skipping %s, unreadable body (%s)", path, url, exc)
                 continue
-            title, items = html_to_items(html, partial(_resolve, page=url, offsets=offsets, fh=images), charset)
-            yield Document(did, url, items, title)
+            if html is None:
+                skip("oversized_document", "%s: skipping %s, body over extract.max_document_mib", path, url)
+                continue
+            resolve = partial(_resolve, page=url, offsets=offsets, fh=images, cap=policy.max_item_bytes, seen={})
+            page = page_items(html, resolve, policy, charset, where=url)
+            if page is not None:
+                yield Document(did, url, page[1], page[0])

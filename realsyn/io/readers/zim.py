@@ -9,9 +9,10 @@ from pathlib import Path
 from libzim.reader import Archive
 
 from realsyn.io.documents import Document
+from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import base_name, doc_id, resolve_relative, skip
-from realsyn.io.readers.html import html_to_items
+from realsyn.io.readers.base import FileRefused, base_name, doc_id, memo, resolve_relative, skip
+from realsyn.io.readers.html import page_items
 
 
 def _open(path: Path) -> Archive:
@@ -21,17 +22,21 @@ def _open(path: Path) -> Archive:
         raise InputError(f"cannot open ZIM archive {path}: {exc}") from exc
 
 
-def read(path: Path) -> Iterator[Document]:
+def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Non-redirect `text/html` entries in archive order: `A/...` in old-scheme archives, every
-    content (`C`) entry in new-scheme ones. Image paths are resolved relative to the article path."""
+    content (`C`) entry in new-scheme ones. Image paths are resolved relative to the article path.
+    An entry over `policy.max_item_bytes` is refused (`too_large`) before its content is read."""
     archive = _open(path)
     name, new_scheme = base_name(path), archive.has_new_namespace_scheme
 
     def lookup(p: str) -> bytes | None:
         try:
-            return bytes(archive.get_entry_by_path(p).get_item().content)  # follows redirects
+            item = archive.get_entry_by_path(p).get_item()  # follows redirects
         except KeyError:
             return None
+        if item.size > policy.max_item_bytes:
+            raise FileRefused("too_large", f"{path}:{p}")
+        return bytes(item.content)
 
     for i in range(archive.entry_count):  # new scheme: user (C) entries only; old: all entries
         try:
@@ -41,9 +46,15 @@ def read(path: Path) -> Iterator[Document]:
             item = entry.get_item()
             if item.mimetype.split(";")[0].strip().lower() != "text/html":
                 continue
+            if item.size > policy.max_document_bytes:
+                skip("oversized_document", "%s: skipping entry %s of %d bytes (extract.max_document_mib)",
+                     path, entry.path, item.size)
+                continue
             content = bytes(item.content)
         except Exception as exc:  # noqa: BLE001 - a damaged cluster (libzim: RuntimeError) spoils its entries only
             skip("unreadable_document", "%s: skipping entry %d, unreadable (%s)", path, i, exc)
             continue
-        title, items = html_to_items(content, partial(resolve_relative, base=entry.path, lookup=lookup))
-        yield Document(doc_id(name, entry.path), entry.path, items, entry.title or title)
+        page = page_items(content, partial(resolve_relative, base=entry.path, lookup=memo(lookup)), policy,
+                          where=f"{path}:{entry.path}")
+        if page is not None:
+            yield Document(doc_id(name, entry.path), entry.path, page[1], entry.title or page[0])
