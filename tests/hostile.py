@@ -33,7 +33,7 @@ EXPECTED: dict[str, str | None] = {
     "html_as_image": "unsupported_format", "too_small": "too_small", "bad_aspect": "bad_aspect",
 }
 #: Kinds only a file-based format can hold, with their reason.
-FILE_ONLY = {"missing_file": "missing", "escaping_path": "missing"}
+FILE_ONLY = {"missing_file": "missing", "escaping_path": "outside_input"}
 EXIF_STORED = (240, 160)  # stored size of the EXIF-rotated photo (orientation 6: shown as 160 x 240)
 
 GOOD_TEXT = [

@@ -108,7 +108,7 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
 
     http(s) and protocol-relative URLs give url-only items; other schemes are dropped; a path
     (relative to `base`, or to the root when it starts with `/`) is read with `lookup`, giving
-    `data`, or `error='missing'` when it is absent or points outside the root.
+    `data`, or `error='missing'` when it is absent, `outside_input` when it leaves the root.
     """
     src = src.strip()
     if src.startswith("//"):
@@ -121,9 +121,8 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
         return Item("image", url=src) if parts.scheme.lower() in ("http", "https") else None
     if not parts.path:
         return None
-    for cand in dict.fromkeys((local_path(unquote(parts.path), base), local_path(parts.path, base))):
-        if cand is None:
-            continue
+    cands = list(dict.fromkeys((local_path(unquote(parts.path), base), local_path(parts.path, base))))
+    for cand in filter(None, cands):
         try:
             data = lookup(cand)
         except FileRefused as exc:
@@ -133,7 +132,7 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
             return Item("image", error="unreadable")
         if data is not None:
             return Item("image", data=data)
-    return Item("image", error="missing")
+    return Item("image", error="outside_input" if None in cands else "missing")
 
 
 class FileRefused(OSError):

@@ -41,5 +41,5 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
         page = page_items(data, partial(resolve_relative, base=rel, lookup=memo(lookup)), policy, where=root / rel)
         if page is not None:
             yield Document(doc_id(name, rel), rel, page[1], page[0])
-    for link in links:
+    for link in (x for x in links if x.is_dir() or x.suffix.lower() in HTML_SUFFIXES):
         skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from realsyn.io.arrow import TOO_LARGE, to_records
+from realsyn.io.arrow import TOO_LARGE, largest_page, to_records
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
@@ -55,7 +56,10 @@ def image_item(value: Any, folder: Path, policy: ReadPolicy = DEFAULT) -> Item |
     if src[:5].lower() == "data:":
         return data_uri_item(src)
     if src[:7].lower() == "file://":
-        src = unquote(urlsplit(src).path)
+        url = urlsplit(src)
+        src = unquote(url.path if url.netloc.lower() in ("", "localhost") else url.netloc + url.path)
+        if not src:
+            return Item("image", error="missing")
     item = Item("image", error="missing")
     for cand in dict.fromkeys((src, unquote(src))):
         item = file_item(folder / cand, folder, policy)  # an absolute `cand` replaces `folder`
@@ -124,18 +128,32 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
         raise InputError(f"cannot read parquet file {path}: {exc}") from exc
     name, seen, row = base_name(path), Seen(path), 0
     try:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            for rec in to_records(batch, policy.max_item_bytes):
-                locator = _locator(rec, row)
-                row += 1
-                did = doc_id(name, locator)
-                if not seen.first(did, locator):
+        with path.open("rb") as fh:
+            for g in range(pf.metadata.num_row_groups):
+                meta = pf.metadata.row_group(g)
+                if not 0 <= largest_page(fh, meta) <= 2 * policy.max_item_bytes:
+                    for _ in range(meta.num_rows):
+                        skip("oversized_row_group", "%s row %d: skipping, its row group has a page that inflates "
+                             "beyond 2 x extract.max_item_mib (or an unreadable page header)", path, row, level=logging.DEBUG)
+                        row += 1
+                    log.warning("%s: skipped row group %d (%d rows): a page inflates beyond the cap", path, g, meta.num_rows)
                     continue
-                items = _items(rec, path.parent, policy) if TOO_LARGE not in (rec.get("texts") or ()) else None
-                if items is None or not within_budget(items, policy):
-                    skip("oversized_document", "%s row %d: skipping, text over the byte caps (extract.max_*_mib)",
-                         path, row - 1)
-                    continue
-                yield Document(did, locator, items)
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, row_groups=[g]):
+                    for rec in to_records(batch, policy.max_item_bytes):
+                        row += 1
+                        if (doc := _document(rec, row - 1, name, seen, path, policy)) is not None:
+                            yield doc
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read parquet file {path} (row {row}): {exc}") from exc
+
+
+def _document(rec: dict, row: int, name: str, seen: Seen, path: Path, policy: ReadPolicy) -> Document | None:
+    locator = _locator(rec, row)
+    did = doc_id(name, locator)
+    if not seen.first(did, locator):
+        return None
+    items = _items(rec, path.parent, policy) if TOO_LARGE not in (rec.get("texts") or ()) else None
+    if items is None or not within_budget(items, policy):
+        skip("oversized_document", "%s row %d: skipping, text over the byte caps (extract.max_*_mib)", path, row)
+        return None
+    return Document(did, locator, items)

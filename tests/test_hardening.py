@@ -1,0 +1,161 @@
+"""Hostile inputs, second round: nothing outside the input is read, every read is bounded,
+repetition costs nothing, and text with NUL bytes or without a BOM is decoded or counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import bombs
+from realsyn.config import ExtractConfig
+from realsyn.io.policy import ReadPolicy, from_config
+from realsyn.io.readers import read_documents
+from realsyn.io.readers.base import SKIPPED
+
+SECRET = b"\xff\xd8\xff SECRET BYTES OF A FILE OUTSIDE THE INPUT"
+TEXT = "The old lighthouse stands on a rocky island and guides the fishing boats home at night."
+
+
+def _images(docs) -> list:
+    return [i for d in docs for i in d.items if i.kind == "image"]
+
+
+@pytest.fixture()
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the input with a secret file and a folder of it."""
+    out = tmp_path / "outside"
+    (out / "dir").mkdir(parents=True)
+    (out / "secret.jpg").write_bytes(SECRET)
+    (out / "dir" / "secret.jpg").write_bytes(SECRET)
+    return out
+
+
+def test_obelics_paths_never_leave_the_input(tmp_path: Path, outside: Path):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "link.jpg").symlink_to(outside / "secret.jpg")
+    (data / "linkdir").symlink_to(outside / "dir")
+    (data / "inside.jpg").write_bytes(b"\xff\xd8\xff inside")
+    os.mkfifo(data / "fifo.jpg")
+    srcs = [str(outside / "secret.jpg"), "../outside/secret.jpg", f"file://{outside / 'secret.jpg'}",
+            "..%2Foutside%2Fsecret.jpg", "%2E%2E/outside/secret.jpg", f"file://{str(outside / 'secret.jpg').replace('/', '%2F')}",
+            "link.jpg", "linkdir/secret.jpg", "/dev/zero", "inside.jpg", "fifo.jpg"]
+    pq.write_table(pa.table({"texts": [[TEXT] + [None] * len(srcs)], "images": [[None] + srcs]}), data / "o.parquet")
+    items = _images(read_documents(data / "o.parquet"))
+    assert [i.error for i in items] == ["outside_input"] * 9 + [None, "not_a_file"]
+    assert all(SECRET not in (i.data or b"") for i in items)
+    # a root the user listed is allowed
+    allowed = _images(read_documents(data / "o.parquet", from_config(ExtractConfig(images={"roots": [str(outside)]}))))
+    assert [i.data for i in allowed[:3]] == [SECRET] * 3 and allowed[6].data == allowed[7].data == SECRET
+
+
+def test_html_and_epub_folders_never_leave_the_input(tmp_path: Path, outside: Path):
+    site = tmp_path / "site"
+    (site / "img").mkdir(parents=True)
+    (site / "img" / "link.jpg").symlink_to(outside / "secret.jpg")
+    (site / "linkdir").symlink_to(outside / "dir")
+    (outside / "page.html").write_text(f"<p>{TEXT}</p>")
+    (site / "outside.html").symlink_to(outside / "page.html")
+    (site / "a.html").write_text(f'<p>{TEXT}</p><img src="img/link.jpg"><img src="linkdir/secret.jpg">'
+                                 f'<img src="../../outside/secret.jpg"><img src="%2E%2E/%2E%2E/outside/secret.jpg">'
+                                 f'<img src="file://{outside}/secret.jpg">')
+    before = SKIPPED["outside_input"]
+    docs = list(read_documents(site))
+    assert [d.source for d in docs] == ["a.html"]  # the linked page outside is not read
+    assert SKIPPED["outside_input"] == before + 2  # the linked page and the linked folder
+    assert [i.error for i in _images(docs)] == ["outside_input"] * 4  # file:// is no image at all
+    # an unpacked EPUB whose image is a link out of the book
+    book = tmp_path / "book"
+    (book / "META-INF").mkdir(parents=True)
+    (book / "META-INF" / "container.xml").write_text(
+        '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+        '<rootfile full-path="b.opf"/></rootfiles></container>')
+    (book / "b.opf").write_text('<package xmlns="http://www.idpf.org/2007/opf"><manifest><item id="a" href="a.xhtml" '
+                                'media-type="application/xhtml+xml"/></manifest><spine><itemref idref="a"/></spine></package>')
+    (book / "a.xhtml").write_text(f'<html xmlns="http://www.w3.org/1999/xhtml"><body><p>{TEXT}</p>'
+                                  '<img src="s.jpg"/></body></html>')
+    (book / "s.jpg").symlink_to(outside / "secret.jpg")
+    assert [i.error for i in _images(read_documents(book))] == ["outside_input"]
+
+
+def test_folder_of_inputs_does_not_follow_links_out(tmp_path: Path, outside: Path):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    rows = {"texts": [[TEXT, None]], "images": [[None, b"\xff\xd8\xff"]]}
+    pq.write_table(pa.table(rows), shelf / "a.parquet")
+    pq.write_table(pa.table({"url": ["http://secret/"], **rows}), outside / "s.parquet")
+    (shelf / "s.parquet").symlink_to(outside / "s.parquet")
+    assert [d.source for d in read_documents(shelf)] == ["row 0"]
+    follow = ReadPolicy(follow_symlinks=True)
+    assert [d.source for d in read_documents(shelf, follow)] == ["row 0", "http://secret/"]
+
+
+def test_deep_folder_tree_is_walked_without_recursion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    deep = tmp_path / "site"
+    deep.mkdir()
+    monkeypatch.chdir(deep)  # build the tree with relative paths (each under PATH_MAX)
+    for _ in range(1500):
+        os.mkdir("d")
+        os.chdir("d")
+    Path("p.html").write_text(f"<p>{TEXT}</p>")
+    monkeypatch.chdir(tmp_path)
+    (deep / "top.html").write_text(f"<p>{TEXT}</p>")
+    docs = list(read_documents(deep))  # the deepest page's path may exceed PATH_MAX: passed over, never a crash
+    assert "top.html" in [d.source for d in docs]
+
+
+@pytest.mark.parametrize("fmt", sorted(bombs.BUILDERS))
+def test_bombs_stay_bounded(fmt: str, tmp_path: Path, report):
+    """Each container's bomb, read and extracted in a process whose address space is capped at
+    2 GiB (read naively, each needs 4-40 GB): the image under the cap is read once, the units
+    over the cap are refused with their reason, the real photo is kept."""
+    build, name = bombs.BUILDERS[fmt]
+    path = build(tmp_path / name)
+    assert path.stat().st_size < 400_000
+    proc = subprocess.run([sys.executable, bombs.__file__, str(path), "2048"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    report(f"bomb {fmt}: {out}")
+    assert out["reasons"]["None"] == 1  # the real photo
+    assert out["reasons"]["too_large"] == 1
+    assert out["reasons"]["decode_error"] == bombs.REPEAT  # the shared member, once per reference
+    assert set(out["skipped"]) <= {"oversized_document", "oversized_row_group"} and out["skipped"]
+    assert out["peak_rss_mib"] < 1024
+
+
+def test_nul_bytes_and_bomless_utf16_are_decoded(tmp_path: Path):
+    site = tmp_path / "site"
+    site.mkdir()
+    page = f'<html><body><p>{TEXT}</p><img src="x.jpg"></body></html>'
+    (site / "x.jpg").write_bytes(b"\xff\xd8\xff")
+    (site / "le.html").write_bytes(page.encode("utf-16-le"))
+    (site / "be.html").write_bytes(page.encode("utf-16-be"))
+    (site / "nul.html").write_bytes(page.encode().replace(b"<p>", b"<p>\0"))
+    (site / "u32.html").write_bytes(page.encode("utf-32-le"))
+    docs = {d.source: d for d in read_documents(site)}
+    assert sorted(docs) == ["be.html", "le.html", "nul.html", "u32.html"]
+    for d in docs.values():
+        assert [i.text for i in d.items if i.kind == "text"] == [TEXT]
+        assert [i.data for i in d.items if i.kind == "image"] == [b"\xff\xd8\xff"]
+
+
+def test_epub_member_over_the_cap_is_refused_unread(tmp_path: Path):
+    book = tmp_path / "b.epub"
+    with zipfile.ZipFile(book, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("META-INF/container.xml", '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container">'
+                   '<rootfiles><rootfile full-path="b.opf"/></rootfiles></container>')
+        z.writestr("b.opf", '<package xmlns="http://www.idpf.org/2007/opf"><manifest><item id="a" href="a.xhtml" '
+                   'media-type="application/xhtml+xml"/></manifest><spine><itemref idref="a"/></spine></package>')
+        z.writestr("a.xhtml", f'<html xmlns="http://www.w3.org/1999/xhtml"><body><p>{TEXT}</p><img src="x.jpg"/></body></html>')
+        z.writestr("x.jpg", b"\0" * (3 << 20))
+    small = ReadPolicy(max_item_bytes=1 << 20)
+    assert [i.error for i in _images(read_documents(book, small))] == ["too_large"]
