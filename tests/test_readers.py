@@ -307,7 +307,7 @@ def test_htmldir_relative_missing_and_broken_files(tmp_path):
     x, missing, remote = a.items[1:]
     assert (x.data, x.alt) == (PNG, "x") and (missing.data, missing.error) == (None, "missing")
     assert (remote.url, remote.data) == ("https://example.com/r.jpg", None)
-    assert [i.data for i in b.items[1:]] == [PNG, PNG, None, PNG] and b.items[3].error == "missing"
+    assert [i.data for i in b.items[1:]] == [PNG, PNG, None, PNG] and b.items[3].error == "outside_input"
     assert c.items[0].text == "\u00c9t\u00e9 \u2014 na\u00efve \u20ac"
     assert texts([e]) == ["deep", "after"]
     assert [x.doc_id for x in docs] == [x.doc_id for x in read_documents(site)]
