@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -12,13 +13,12 @@ import typer
 import yaml
 
 from realsyn import pipeline
-from realsyn.config import Config, ConfigError, load_config, to_yaml
+from realsyn.config import Config, load_config, to_yaml
+from realsyn.errors import UserError
 from realsyn.io import remote
 from realsyn.io.readers import InputError
-from realsyn.models.registry import ModelError
-from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.context import Context
 from realsyn.runtime.executor import make_executor
-from realsyn.runtime.mirror import StoreError
 from realsyn.runtime.progress import set_quiet
 from realsyn.runtime.workspace import Workspace, input_copy, write_text
 
@@ -55,6 +55,7 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
                         format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
     ws = _workspace(out)
+    ws.claim()
     work = ws.root
     if inputs is None:
         inputs = _recorded_inputs(ws)
@@ -76,15 +77,26 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
-    """Run `fn`, turning the errors a user can fix into a one-line message and exit status 2."""
+    """Run `fn`, turning every error into a one-line message and exit status 2 (with
+    REALSYN_TRACEBACK=1, an unexpected error shows its traceback)."""
     try:
         return fn()
-    except (ConfigError, InputError, ModelError, PipelineError, StoreError) as exc:
-        _fail(str(exc))
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except UserError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except OSError as exc:  # disk full, permissions, a vanished file: what was finished stays, re-run resumes
-        if exc.errno is None:
+        if exc.errno is None and os.environ.get("REALSYN_TRACEBACK"):
             raise
-        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (finished parts are kept; re-run to resume)")
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where} (finished parts are kept; re-run to resume)")
+    except MemoryError:
+        _fail("out of memory (finished parts are kept; lower runtime.workers or models.batch_mib and re-run)")
+    except Exception as exc:  # noqa: BLE001 - the promise: one line, never a traceback
+        if os.environ.get("REALSYN_TRACEBACK"):
+            raise
+        text = (str(exc).splitlines() or [""])[0][:300]
+        _fail(f"unexpected {type(exc).__name__}: {text} (finished parts are kept; REALSYN_TRACEBACK=1 shows where)")
 
 
 def _workspace(out: str) -> Workspace:
@@ -185,10 +197,14 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
             if st is None:
                 typer.echo(f"{name:9} not run")
                 continue
-            state = st.get("status", "?")
-            if state == "done" and current and current.get(name) != st.get("key"):
+            state, damaged = st.get("status", "?"), ws.damaged(name) if st.get("status") == "done" else []
+            if damaged:
+                state = "damaged"
+            elif state == "done" and current and current.get(name) != st.get("key"):
                 state = "stale"
             line = f"{name:9} {state:8} {st.get('seconds', 0):8.1f}s"
+            if damaged:
+                line += f"  {len(damaged)} file(s) deleted or changed since it finished, e.g. {name}/{damaged[0]}: re-run to redo it"
             for table, c in (st.get("counts") or {}).items():
                 if isinstance(c, dict) and "read" in c:
                     line += f"  {table}: {c.get('kept', 0)} kept / {c.get('read', 0)} read"

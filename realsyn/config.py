@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from realsyn.errors import UserError
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -88,6 +90,7 @@ class RetrieveConfig(_Section):
     images_per_task: int = Field(50_000, ge=1, description="Images per work task (consecutive parts are batched so each cluster's product covers many images).")
 
 
+MAX_SEED = 2**31 - 1
 SCALE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # a file and folder name: nothing can escape WORK
 _RESERVED_SCALES = {"pairs", "clusters"}  # other files of balance/
 
@@ -103,6 +106,14 @@ class SynthConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Prompts per LLM call (batched generation; 64 measured "
                             "fastest on 2 CPU cores, see benchmarks/synth.py).")
     max_clip_tokens: int = Field(77, ge=3, description="Longest synthetic text in CLIP tokens, start and end included (CLIP's context: 77); longer outputs are regenerated or replaced by the fallback.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        from realsyn.synth.prompts import load_prompt
+
+        load_prompt(value)  # PromptError (a ValueError) names what is wrong
+        return value
 
 
 class BalanceConfig(_Section):
@@ -215,7 +226,7 @@ class RayConfig(_Section):
 class RuntimeConfig(_Section):
     executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster (see runtime.ray and docs/ray.md).")
     workers: int = Field(0, ge=0, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, twice this many tasks are in flight (0 = the cluster's CPUs) and a local cluster started for the run gets this many CPUs.")
-    seed: int = Field(0, description="Seed for every random choice (k-means, sampling); same input + config + seed = same output.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random choice (k-means, sampling); same input + config + seed = same output. 0 to 2^31 - 1 (faiss takes a 32-bit signed seed).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where torch models run: auto (GPU when visible), cpu, cuda, cuda:N.")
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -254,7 +265,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every this many steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept in RUN/checkpoints/.")
     log_every: int = Field(10, ge=1, description="Append the loss to RUN/log.jsonl every this many steps.")
-    seed: int = Field(0, description="Seed of the initial weights, the data order and the text draws: same seed, same run.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial weights, the data order and the text draws: same seed, same run (0 to 2^31 - 1).")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where to train: auto (GPU when visible), cpu, cuda, cuda:N.")
 
@@ -295,8 +306,27 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The config file cannot be used; the message is one line."""
+
+
+def _range(loc: tuple) -> str:
+    """' (range: 0 to 10)' for a field with numeric bounds at `loc`, else ''."""
+    model: Any = Config
+    info = None
+    for name in loc:
+        fields = getattr(model, "model_fields", {})
+        if name not in fields:
+            return ""
+        info = fields[name]
+        model = info.annotation
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in getattr(info, "metadata", [])
+              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}
+    if not bounds:
+        return ""
+    lo = f"{'>=' if 'Ge' in bounds else '>'} {bounds.get('Ge', bounds.get('Gt'))}" if {"Ge", "Gt"} & set(bounds) else ""
+    hi = f"{'<=' if 'Le' in bounds else '<'} {bounds.get('Le', bounds.get('Lt'))}" if {"Le", "Lt"} & set(bounds) else ""
+    return f" (allowed: {' and '.join(b for b in (lo, hi) if b)})"
 
 
 def _one_line(err: ValidationError) -> str:
@@ -305,7 +335,7 @@ def _one_line(err: ValidationError) -> str:
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'{more}"
-    return f"bad config value for '{where}': {first['msg']}{more}"
+    return f"bad config value for '{where}': {first['msg']}{_range(tuple(first['loc']))}{more}"
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

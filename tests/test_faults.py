@@ -35,7 +35,7 @@ FAST = ["--set", "models.llm=template", "--set", "extract.sentences.perplexity=f
 # Not output: timings, how much work this process did (cache hits), the report's size in bytes
 # (it names the workspace folder).
 _RUN_KEYS = {"seconds", "index_seconds", "started", "finished", "start_time", "end_time", "duration",
-             "cached", "generated", "bytes"}
+             "cached", "generated", "bytes", "files"}
 
 
 def run(corpus: Path, work: Path, *extra: str, env: dict | None = None, workers: int = 1,
@@ -59,7 +59,7 @@ def snapshot(work: Path) -> dict[str, object]:
     for p in sorted(work.rglob("*")):
         rel = p.relative_to(work).as_posix()
         # the LLM cache (and its WAL) is not output; config.yaml records --workers
-        if not p.is_file() or rel.startswith("synth/_cache") or rel == "config.yaml":
+        if not p.is_file() or rel.startswith("synth/_cache") or rel in ("config.yaml", ".realsyn.lock"):
             continue
         assert TMP_MARK not in p.name, f"temporary file left behind: {rel}"
         if p.suffix == ".parquet":

@@ -12,6 +12,8 @@ import os
 from functools import lru_cache
 from typing import Any, Callable
 
+from realsyn.errors import UserError
+
 # Weight-loading bars of transformers / huggingface_hub would interleave with the stage's own bar.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -37,7 +39,7 @@ _BACKENDS: dict[tuple[str, str], str] = {
 }
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A backend cannot be built: unknown name, missing folder or missing optional dependency."""
 
 

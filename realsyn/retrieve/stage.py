@@ -20,6 +20,7 @@ against exact search on a seeded sample of images.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -33,8 +34,20 @@ import pyarrow.parquet as pq
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
-from realsyn.retrieve.search import (ClusterIndex, TopK, auto_clusters, context_bonus, document_topk, drop_below,
-                                     exact_topk, hybrid_merge, nearest_centroids, recall_at_k, sort_by_group, train_kmeans)
+from realsyn.retrieve.search import (
+    ClusterIndex,
+    TopK,
+    auto_clusters,
+    context_bonus,
+    document_topk,
+    drop_below,
+    exact_topk,
+    hybrid_merge,
+    nearest_centroids,
+    recall_at_k,
+    sort_by_group,
+    train_kmeans,
+)
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
@@ -68,6 +81,8 @@ def _save_sorted(x: np.ndarray, order: np.ndarray, path: Path, chunk: int = 1 <<
         return _save(x, path)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=x.shape)
+        with open(tmp, "r+b") as f:  # reserve the blocks now: a full disk is ENOSPC here, not SIGBUS on a page write
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         for a in range(0, len(x), chunk):
             out[a:a + chunk] = x[order[a:a + chunk]]
         out.flush()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from realsyn.config import Config
+from realsyn.errors import UserError
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.workspace import Workspace
 
@@ -18,5 +19,5 @@ class Context:
     inputs: list[Path] = field(default_factory=list)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """The pipeline cannot proceed (e.g. a stage's input is missing); one-line message."""

@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
+from realsyn.errors import UserError
 from realsyn.runtime.progress import bar
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ R = TypeVar("R")
 SCRATCH_ENV = "REALSYN_SCRATCH"
 INPUTS = "_inputs"  # copies of URL inputs (`io/remote.py`); "_": never read as a stage's dataset
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-LOCAL_ONLY = ("download",)  # top-level folders never mirrored
+LOCAL_ONLY = ("download", ".realsyn.lock")  # top-level folders (and the lock file) never mirrored
 TMP_MARK = ".tmp-"
 CACHE_MARK = "_cache-"
 
@@ -62,7 +63,7 @@ def mirrored(rel: str) -> bool:
     return parts[0] not in LOCAL_ONLY and TMP_MARK not in name and not name.startswith(CACHE_MARK)
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store cannot be read or written (missing bucket, no credentials, network); one line."""
 
 

@@ -13,11 +13,13 @@ that `mirror.Mirror` keeps in step with the store (see there).
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
-import signal
 import shutil
+import signal
+import socket
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from realsyn.errors import UserError
 from realsyn.io.policy import ReadPolicy, walk_files
 from realsyn.runtime import mirror
 from realsyn.runtime.mirror import INPUTS, TMP_MARK, is_url, local_path
@@ -123,6 +126,14 @@ def input_copy(path: Path, work: Path) -> str | None:
     return rel.as_posix() if rel.parts[:1] == (INPUTS,) else None
 
 
+class WorkspaceError(UserError):
+    """The workspace cannot be used as it is (not a workspace, in use, damaged manifest)."""
+
+
+LOCK = mirror.LOCAL_ONLY[1]
+"""Held (flock) by the one run working on a workspace; the kernel drops it when that run dies."""
+
+
 class Workspace:
     """The folder of one pipeline run: a local path, or a URL worked on in a local mirror `root`."""
 
@@ -147,10 +158,65 @@ class Workspace:
         if self.mirror is not None:
             self.mirror.pull(names)
 
+    def claim(self) -> None:
+        """Make this process the one run working here: refuse a folder that holds other files but
+        is no workspace (nothing of the user's is ever deleted), take the lock (one that a killed
+        run left is taken over: the kernel released it), and mark a new workspace."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"--out {self.name} is a file, not a folder")
+        if root.is_dir() and not self.manifest_path.exists():
+            others = sorted(p.name for p in root.iterdir() if p.name not in (LOCK, INPUTS))
+            if others:
+                raise WorkspaceError(f"--out {self.name} is a folder that is not a realsyn workspace (it holds "
+                                     f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): give an empty or new folder")
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = (root / LOCK).open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise WorkspaceError(f"workspace {self.name} is in use by another realsyn run ({holder}); "
+                                 "wait for it to finish or stop it") from None
+        self._lock.truncate(0)
+        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._lock.flush()
+        if not self.manifest_path.exists():
+            write_json({"stages": {}}, self.manifest_path)
+
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"stages": {}}
-        return json.loads(self.manifest_path.read_text())
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WorkspaceError(f"{self.manifest_path} is damaged ({exc}): restore it, or start a new workspace") from None
+        if not (isinstance(m, dict) and isinstance(m.get("stages"), dict)
+                and all(isinstance(v, dict) for v in m["stages"].values())):
+            raise WorkspaceError(f"{self.manifest_path} is damaged (not a realsyn manifest): restore it, or start a new workspace")
+        return m
+
+    def _files(self, name: str) -> dict[str, list[int]]:
+        """Size and modification time of every file of a stage's folder that the store keeps."""
+        d, out = self.dir(name), {}
+        for p in sorted(walk_files(d)) if d.exists() else []:
+            rel = p.relative_to(self.root).as_posix()
+            if mirror.mirrored(rel):
+                st = p.stat()
+                out[p.relative_to(d).as_posix()] = [st.st_size, st.st_mtime_ns]
+        return out
+
+    def damaged(self, name: str) -> list[str]:
+        """Files of a finished stage that were deleted or changed since it finished (with a URL
+        workspace, sizes only: a downloaded copy has a new mtime)."""
+        recorded = self.stage(name).get("files")
+        if not isinstance(recorded, dict):
+            return []
+        now = self._files(name)
+        keep = 1 if self.mirror is not None else 2
+        return sorted(rel for rel, stat in recorded.items() if now.get(rel, [None, None])[:keep] != stat[:keep])
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.manifest()["stages"].get(name, {})
@@ -174,15 +240,15 @@ class Workspace:
         return self.root / name
 
     def is_current(self, name: str, key: str) -> bool:
-        """True when the stage finished with this key (nothing to do)."""
+        """True when the stage finished with this key and none of its files is damaged."""
         st = self.stage(name)
-        return st.get("status") == "done" and st.get("key") == key
+        return st.get("status") == "done" and st.get("key") == key and not self.damaged(name)
 
     def begin(self, name: str, key: str, **info: Any) -> Path:
         """Prepare a stage for running: wipe it if it ran with another key, drop leftovers of
         killed writers, and mark it running. Returns the stage folder."""
         d = self.dir(name)
-        if self.stage(name).get("key") != key:
+        if self.stage(name).get("key") != key or self.damaged(name):  # a damaged stage is redone whole
             if d.exists():
                 shutil.rmtree(d)
             if self.mirror is not None:
@@ -210,7 +276,8 @@ class Workspace:
         self._drop_leftovers(name)
         if self.mirror is not None:
             self.mirror.sync_up(name)
-        self._update(name, status="done", counts=counts, seconds=round(seconds, 3), finished=time.time())
+        self._update(name, status="done", counts=counts, seconds=round(seconds, 3), finished=time.time(),
+                     files=self._files(name))
 
     def parts(self, name: str, table: str) -> list[Path]:
         """The finished parts of a stage's table, in order."""

@@ -17,10 +17,13 @@ from typing import Sequence
 
 import yaml
 
+from realsyn.errors import UserError
+
 FIELDS = ("caption", "tags", "text")
+MAX_PROMPT_BYTES = 1 << 20
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt cannot be found or is malformed; one-line message."""
 
 
@@ -85,7 +88,15 @@ def load_prompt(name: str) -> Prompt:
         path = Path(name)
         if not path.is_file():
             raise PromptError(f"prompt file {name} not found")
-        return _parse(yaml.safe_load(path.read_text()), name)
+        try:
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_PROMPT_BYTES + 1)
+            if len(raw) > MAX_PROMPT_BYTES:
+                raise PromptError(f"prompt file {name} is over {MAX_PROMPT_BYTES} bytes: not a prompt")
+            data = yaml.safe_load(raw.decode("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise PromptError(f"prompt file {name} is not a prompt YAML file ({str(exc).splitlines()[0]})") from None
+        return _parse(data, name)
     return _shipped(name)
 
 
