@@ -55,7 +55,7 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
                         format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
     ws = _workspace(out)
-    ws.claim()
+    ws.check_owned()
     work = ws.root
     if inputs is None:
         inputs = _recorded_inputs(ws)
@@ -71,7 +71,7 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
     for p in paths:
         if not p.exists() and input_copy(p, work) is None:  # a URL input's copy: fetched where needed
             raise InputError(f"input not found: {p}")
-    work.mkdir(parents=True, exist_ok=True)
+    ws.claim()
     write_text(to_yaml(cfg), work / "config.yaml")
     return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), paths)
 

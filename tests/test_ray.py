@@ -52,7 +52,7 @@ def contents(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or p.name in {"manifest.json", "config.yaml"} or p.name.startswith("_cache") \
+        if not p.is_file() or p.name in {"manifest.json", "config.yaml", ".realsyn.lock"} or p.name.startswith("_cache") \
                 or rel.startswith("report/"):
             continue
         if p.suffix == ".parquet":

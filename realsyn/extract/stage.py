@@ -67,8 +67,9 @@ class _Task:
 
 def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
     """The model-based filters the config switches on (models load once per worker)."""
-    from realsyn.models import load
+    from realsyn.models import load, registry
 
+    registry.set_batch_bytes(models.batch_mib << 20)
     return Scorers(
         perplexity=load("llm", models.llm, device).perplexity if cfg.sentences.perplexity else None,
         nsfw=load("nsfw", models.nsfw, device).score if cfg.images.max_nsfw is not None else None,
@@ -202,7 +203,7 @@ def run(ctx: Context, key: str) -> dict:
     started = time.time()
     for path in ctx.inputs:  # a bad input stops the run before the finished stage is cleared
         detect(path)
-    out = ws.begin(NAME, key, inputs=[ws.recorded(p) for p in ctx.inputs])
+    out = ws.begin(NAME, key, whole=True, inputs=[ws.recorded(p) for p in ctx.inputs])  # _raw is gone once done
     if "parts" not in ws.stage(NAME):
         n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
         ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)

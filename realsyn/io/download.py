@@ -8,7 +8,8 @@ honoured (`noai`, `noimageai`, ... for every agent or for `realsyn`).
 
 Server-side request forgery guard: every host (the first one and every redirect target) is
 resolved once; if any of its addresses is not public (private, loopback, link-local, multicast,
-reserved, unspecified, shared, IPv4-mapped forms of those) the URL is refused as
+reserved, unspecified, shared, IPv4-mapped forms of those; IPv6 transition forms that embed an
+IPv4 address: IPv4-compatible, NAT64, 6to4, Teredo; discard and documentation ranges) the URL is refused as
 `private_address` unless `allow_private` or an `allow_hosts` rule admits it. The connection is
 then made to the checked address itself (the Host header and TLS SNI / certificate check keep
 the name), so a second DNS answer cannot point it elsewhere (DNS rebinding).
@@ -98,6 +99,34 @@ def robots_disallowed(values: Iterable[str], disallowed: Sequence[str], token: s
     return False
 
 
+NOT_PUBLIC_V6 = tuple(ipaddress.ip_network(n) for n in (
+    "::/96",            # IPv4-compatible (::a.b.c.d), deprecated
+    "64:ff9b::/96",     # NAT64, well-known prefix: reaches the embedded IPv4 address
+    "64:ff9b:1::/48",   # NAT64, local-use prefix
+    "2002::/16",        # 6to4: the embedded IPv4 address is the tunnel end
+    "2001::/32",        # Teredo: embeds the client's IPv4 address
+    "100::/64",         # discard-only
+    "2001:2::/48",      # benchmarking
+    "2001:db8::/32",    # documentation
+    "3fff::/20",        # documentation (RFC 9637)
+    "2001:10::/28",     # ORCHID
+    "2001:20::/28",     # ORCHIDv2
+    "fec0::/10",        # site-local, deprecated
+))
+"""IPv6 ranges refused whatever Python's `is_global` says: transition forms that embed an IPv4
+address (which may be private) and reserved ranges."""
+
+
+def public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A global unicast address, not in a transition or reserved IPv6 range (NOT_PUBLIC_V6)."""
+    if ip.version == 6:
+        if any(ip in net for net in NOT_PUBLIC_V6):
+            return False
+        if ip.ipv4_mapped is not None:
+            return public(ip.ipv4_mapped)
+    return ip.is_global and not ip.is_multicast
+
+
 class Downloader:
     """Fetches URLs under the rules of a `DownloadConfig`; thread-safe (one pool per request)."""
 
@@ -115,7 +144,7 @@ class Downloader:
             ip = ip.ipv4_mapped
         if any(ip in net and (p is None or p == port) for net, p in self.rules):
             return True
-        return self.cfg.allow_private or (ip.is_global and not ip.is_multicast)
+        return self.cfg.allow_private or public(ip)
 
     def _address(self, host: str, port: int) -> str:
         """The one address to connect to, after checking every address `host` resolves to."""

@@ -33,13 +33,34 @@ def _image_processor(folder: Path) -> Any:
     return AutoImageProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
 
 
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the image header (nothing decoded); 0 when unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width * im.height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0
+
+
 def decode_images(images: Sequence[bytes]) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    """Batches of at most `size` items; image bytes are also bounded by decoded pixels (4 bytes
+    each, RGB plus the converted copy), so that one batch stays within `registry.batch_bytes()`."""
+    budget = registry.batch_bytes() // 4
+    chunk: list[Any] = []
+    used = 0
+    for item in items:
+        px = declared_pixels(item) if isinstance(item, (bytes, bytearray)) else 0
+        if chunk and (len(chunk) >= size or used + px > budget):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += px
+    if chunk:
+        yield chunk
 
 
 def embed_in_batches(items: Sequence[Any], batch_size: int, dim: int,

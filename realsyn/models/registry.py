@@ -60,6 +60,20 @@ def _factory(role: str, name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
+_BATCH_BYTES = [512 << 20]
+
+
+def set_batch_bytes(n: int) -> None:
+    """Set this process's memory budget of one model batch (`models.batch_mib`); backends read it
+    at every call, so a worker serving several stages follows the running stage's config."""
+    _BATCH_BYTES[0] = int(n)
+
+
+def batch_bytes() -> int:
+    """The memory budget of one model batch in bytes (LM activations and logits, decoded pixels)."""
+    return _BATCH_BYTES[0]
+
+
 @lru_cache(maxsize=None)
 def load(role: str, spec: str, device: str = "auto") -> Any:
     """The backend for `role` named by `spec`, built once per process."""

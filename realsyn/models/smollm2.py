@@ -31,6 +31,7 @@ from realsyn.models import registry
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DOC_START = "<|endoftext|>"  # token 0: separates pre-training documents; used as BOS for perplexity
 MAX_TOKENS = 1024  # perplexity inputs are truncated to this many tokens
+LOGIT_COPIES = 3  # float logits, their log-softmax and its gradient-free gather: the loss's peak per logit
 
 
 def gguf_path() -> Path:
@@ -165,19 +166,46 @@ class TransformersSmolLM2:
         return cache
 
     def perplexity(self, texts: Sequence[str]) -> np.ndarray:
-        """exp(mean token NLL) per text, float64; NaN for a text with no tokens."""
+        """exp(mean token NLL) per text, float64; NaN for a text with no tokens.
+
+        Memory is bounded by `registry.batch_bytes()` (`models.batch_mib`), not by rows: a batch holds as many texts as their
+        padded length allows (attention and MLP activations per token), and the loss is computed
+        over blocks of positions, so that at most one block of full-vocabulary logits exists."""
         torch, tok = self.torch, self.tokenizer
         ids = [[self.doc_start] + tok(t, add_special_tokens=False).input_ids[:MAX_TOKENS] for t in texts]
         out = np.full(len(ids), np.nan)
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        block = max(1, registry.batch_bytes() // (2 * LOGIT_COPIES * 4 * head.out_features))  # positions per logits block
         with torch.inference_mode():
-            for batch in self._batches([len(i) for i in ids], self.batch_size):
+            for batch in self._token_batches([len(i) for i in ids]):
                 enc = self._pad([ids[i] for i in batch], "right")  # right: positions of real tokens unchanged
-                logits = self.model(**enc).logits[:, :-1].float()
+                hidden = decoder(**enc).last_hidden_state[:, :-1]
                 target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+                nll = torch.zeros_like(mask)
+                step = max(1, block // len(batch))
+                for a in range(0, hidden.shape[1], step):
+                    logits = head(hidden[:, a:a + step]).float()
+                    nll[:, a:a + step] = torch.nn.functional.cross_entropy(
+                        logits.transpose(1, 2), target[:, a:a + step], reduction="none")
+                    del logits
                 mean = (nll * mask).sum(1).double() / mask.sum(1).double()
                 out[batch] = mean.exp().cpu().numpy()
         return out
+
+    def _token_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices in batches of similar length, each of at most `batch_size` rows and at most
+        half the batch budget in activations (the other half is the logits block)."""
+        cfg = self.model.config
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches: list[list[int]] = []
+        for i in order:
+            rows = len(batches[-1]) + 1 if batches else 0
+            per_row = 4 * lengths[i] * (cfg.num_attention_heads * lengths[i] + 3 * cfg.intermediate_size
+                                        + 8 * cfg.hidden_size)
+            if not batches or rows > self.batch_size or rows * per_row > registry.batch_bytes() // 2:
+                batches.append([])
+            batches[-1].append(i)
+        return batches
 
 
 class LlamaCppSmolLM2:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
+from realsyn.errors import UserError
 from realsyn.runtime import mirror
 
 if TYPE_CHECKING:
@@ -34,10 +37,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+class WorkerDied(UserError, RuntimeError):
+    """A worker process died (out of memory, a signal); the message names the stage and parts."""
+
+
 class Executor(ABC):
     """Runs `fn` over tasks; see the module docstring for the contract."""
 
     workers: int
+    stage: str = ""
+    """The stage whose parts run now (set by the pipeline; named in error messages)."""
 
     def threads_for(self, tasks: int) -> int:
         """Math-library threads per task when `tasks` tasks are to run: the machine's cores shared
@@ -90,15 +99,35 @@ class LocalExecutor(Executor):
             return
         fn = mirror.bind(fn)
         pool = self._get_pool()
-        pending: set[Future[R]] = set()
-        for task in tasks:
-            pending.add(pool.submit(fn, task))
-            if len(pending) >= 2 * self.workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (f.result() for f in done)
+        pending: dict[Future[R], Any] = {}
+        try:
+            for task in tasks:
+                pending[pool.submit(fn, task)] = getattr(task, "index", None)
+                if len(pending) >= 2 * self.workers:
+                    yield from self._completed(pending)
+            while pending:
+                yield from self._completed(pending)
+        except BrokenProcessPool:
+            raise WorkerDied(self._death(sorted(i for i in pending.values() if i is not None))) from None
+
+    @staticmethod
+    def _completed(pending: dict[Future[R], Any]) -> Iterator[R]:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for f in done:
+            result = f.result()
+            del pending[f]
+            yield result
+
+    def _death(self, parts: list[int]) -> str:
+        """One line on a worker that died: the stage, the parts in flight, the signal and its likely cause."""
+        codes = [p.exitcode for p in (getattr(self._pool, "_processes", None) or {}).values()]
+        sig = next((-c for c in codes if c is not None and c < 0 and -c != signal.SIGTERM), None)
+        how = f"killed by {signal.Signals(sig).name}" if sig else "it ended abruptly"
+        likely = "; likely out of memory: lower runtime.workers or models.batch_mib" if sig in (None, signal.SIGKILL) else ""
+        where = f" while processing part {', '.join(map(str, parts[:4]))}{' ...' if len(parts) > 4 else ''}" if parts else ""
+        self.close()
+        return (f"{self.stage or 'a stage'}: a worker process died{where} ({how}{likely}); "
+                "finished parts are kept, re-run to resume")
 
     def close(self) -> None:
         if self._pool is not None:

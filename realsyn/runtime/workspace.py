@@ -158,10 +158,9 @@ class Workspace:
         if self.mirror is not None:
             self.mirror.pull(names)
 
-    def claim(self) -> None:
-        """Make this process the one run working here: refuse a folder that holds other files but
-        is no workspace (nothing of the user's is ever deleted), take the lock (one that a killed
-        run left is taken over: the kernel released it), and mark a new workspace."""
+    def check_owned(self) -> None:
+        """Refuse a folder that holds other files but is no workspace (nothing of the user's is
+        ever deleted), and a file; writes nothing."""
         root = self.root
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"--out {self.name} is a file, not a folder")
@@ -170,19 +169,26 @@ class Workspace:
             if others:
                 raise WorkspaceError(f"--out {self.name} is a folder that is not a realsyn workspace (it holds "
                                      f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): give an empty or new folder")
-        root.mkdir(parents=True, exist_ok=True)
-        self._lock = (root / LOCK).open("a+")
+
+    def claim(self) -> None:
+        """Make this process the one run working here: check the folder (`check_owned`), take the
+        lock (one that a killed run left is taken over: the kernel released it when it died),
+        and mark a new workspace."""
+        self.check_owned()
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = (self.root / LOCK).open("a+")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            self._lock.close()
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
             raise WorkspaceError(f"workspace {self.name} is in use by another realsyn run ({holder}); "
                                  "wait for it to finish or stop it") from None
-        self._lock.truncate(0)
-        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self._lock.flush()
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+        self._lock = lock  # held until this process ends
         if not self.manifest_path.exists():
             write_json({"stages": {}}, self.manifest_path)
 
@@ -209,14 +215,16 @@ class Workspace:
         return out
 
     def damaged(self, name: str) -> list[str]:
-        """Files of a finished stage that were deleted or changed since it finished (with a URL
-        workspace, sizes only: a downloaded copy has a new mtime)."""
+        """Files of a finished stage that were deleted or changed since it finished. With a URL
+        workspace the store is checked, by size (a downloaded copy has a new mtime)."""
         recorded = self.stage(name).get("files")
         if not isinstance(recorded, dict):
             return []
+        if self.mirror is not None:
+            sizes = self.mirror._listing(name)
+            return sorted(rel for rel, stat in recorded.items() if sizes.get(f"{name}/{rel}") != stat[0])
         now = self._files(name)
-        keep = 1 if self.mirror is not None else 2
-        return sorted(rel for rel, stat in recorded.items() if now.get(rel, [None, None])[:keep] != stat[:keep])
+        return sorted(rel for rel, stat in recorded.items() if now.get(rel) != stat)
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.manifest()["stages"].get(name, {})
@@ -244,11 +252,18 @@ class Workspace:
         st = self.stage(name)
         return st.get("status") == "done" and st.get("key") == key and not self.damaged(name)
 
-    def begin(self, name: str, key: str, **info: Any) -> Path:
+    def begin(self, name: str, key: str, *, whole: bool = False, **info: Any) -> Path:
         """Prepare a stage for running: wipe it if it ran with another key, drop leftovers of
-        killed writers, and mark it running. Returns the stage folder."""
+        killed writers, and mark it running. Files damaged since it finished are deleted, so the
+        stage's resume redoes them; with `whole` (a stage whose parts cannot be redone one by one)
+        a damaged stage is wiped. Returns the stage folder."""
         d = self.dir(name)
-        if self.stage(name).get("key") != key or self.damaged(name):  # a damaged stage is redone whole
+        damaged = self.damaged(name)
+        for rel in damaged:
+            (d / rel).unlink(missing_ok=True)
+            if self.mirror is not None:
+                self.mirror.remove(f"{name}/{rel}")
+        if self.stage(name).get("key") != key or (damaged and whole):
             if d.exists():
                 shutil.rmtree(d)
             if self.mirror is not None:
