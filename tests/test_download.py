@@ -4,6 +4,7 @@ DNS pinning, and a re-run that fetches only the URLs that failed."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from PIL import Image
 
 from realsyn.config import DownloadConfig
 from realsyn.io.documents import Document, Item
-from realsyn.io.download import Downloader, DownloadCache, download_documents, robots_disallowed
+from realsyn.io.download import Downloader, DownloadCache, download_documents, public, robots_disallowed
 
 
 def _png(seed: int, size=(160, 120)) -> bytes:
@@ -178,6 +179,14 @@ def test_default_config_refuses_loopback_and_private_addresses(servers):
         r = d.fetch(url)
         assert (r.status, r.error, r.attempts) == ("error", "private_address", 1), url
     assert sum(outer.hits.values()) == before  # refused before any connection
+    # IPv6 forms that embed a non-public IPv4 address, and reserved IPv6 ranges: refused, no connection
+    for host in ("::7f00:1", "::a00:1", "::ffff:a00:1", "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::a00:1",
+                 "2002:7f00:1::1", "2002:a00:1::", "2001:0:4136:e378:8000:63bf:80ff:fffe", "100::1",
+                 "2001:db8::1", "3fff::1", "2001:2::1", "2001:20::1", "fec0::1"):
+        r = d.fetch(f"http://[{host}]:{outer.port}/img.png")
+        assert (r.status, r.error, r.attempts) == ("error", "private_address", 1), host
+    assert public(ipaddress.ip_address("2606:4700::1111")) and public(ipaddress.ip_address("::ffff:8.8.8.8"))
+    assert sum(outer.hits.values()) == before
     assert d.fetch("ftp://example.com/a.png").error == "unsupported_scheme"
     assert d.fetch("http://exa mple.com/a.png").error in ("bad_url", "dns_error")
     assert d.fetch("http:///nohost").error == "bad_url"

@@ -162,3 +162,79 @@ def test_epub_member_over_the_cap_is_refused_unread(tmp_path: Path):
         z.writestr("x.jpg", b"\0" * (3 << 20))
     small = ReadPolicy(max_item_bytes=1 << 20)
     assert [i.error for i in _images(read_documents(book, small))] == ["too_large"]
+
+
+LONG_WORDS = ("electroencephalographically", "counterrevolutionaries", "institutionalisation", "photolithographic",
+              "thermoluminescence", "immunohistochemistry", "spectrophotometrically", "incomprehensibilities")
+
+
+def _peak_run(*args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """`realsyn ARGS` in a fresh process (one worker: the stage runs in it); (result, peak RSS MiB)."""
+    code = ("import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
+            "f'\\nPEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}\\n')); "
+            "from realsyn.cli import main; sys.argv = ['realsyn', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    return done, int(done.stderr.rsplit("PEAK ", 1)[1].split()[0])
+
+
+@pytest.mark.slow
+def test_perplexity_batches_are_bounded_by_memory(tmp_path: Path, report):
+    """Sentences of many tokens each (long words, as in long real paragraphs): with a 64 MiB
+    model budget the extract worker stays small, and its tables equal those of an unbounded run
+    (each row is computed at the same padded shape whatever its batch)."""
+    import random
+
+    rng = random.Random(0)
+    sentences = [" ".join(["The", *rng.choices(LONG_WORDS, k=70), "were", "observed", "today."]) for _ in range(40)]
+    lines = [json.dumps({"url": f"http://x/{d}", "text_list": sentences[d * 10:(d + 1) * 10], "image_info": []})
+             for d in range(4)]
+    (tmp_path / "long.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["extract", str(tmp_path / "long.jsonl"), "--workers", "1", "--quiet",
+              "--set", "extract.sentences.max_perplexity=1e9"]
+    small, small_peak = _peak_run(*common, "--out", str(tmp_path / "small"), "--set", "models.batch_mib=64")
+    assert small.returncode == 0, small.stderr[-3000:]
+    big, big_peak = _peak_run(*common, "--out", str(tmp_path / "big"), "--set", "models.batch_mib=1048576")
+    assert big.returncode == 0, big.stderr[-3000:]
+    report(f"perplexity memory budget: peak RSS {small_peak} MiB at 64 MiB budget, {big_peak} MiB unbounded")
+    a, b = (pq.read_table(tmp_path / w / "extract" / "sentences").to_pylist() for w in ("small", "big"))
+    assert a == b and sum(r["perplexity"] is not None for r in a) == 40
+    assert small_peak < 2500 and small_peak < big_peak - 1000
+
+
+@pytest.mark.slow
+def test_worker_killed_by_a_signal_is_one_line(tmp_path: Path):
+    """A worker that dies (here: SIGKILL at its first write, as the OOM killer would) ends the run
+    with exit 2 and one line naming the stage and the parts; a re-run finishes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(8):
+        (site / f"p{i}.html").write_text(f"<p>{TEXT} Page {i}.</p>")
+    args = [sys.executable, "-m", "realsyn.cli", "run", str(site), "--out", str(tmp_path / "w"), "--until", "extract",
+            "--workers", "2", "--quiet", "--set", "extract.sentences.perplexity=false", "--set", "extract.docs_per_part=1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "REALSYN_FAULT": "extract:1"})
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-3000:]
+    assert "extract: a worker process died while processing part" in err and "SIGKILL" in err, err
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_full_disk_under_a_memory_mapped_write_is_enospc(tmp_path: Path):
+    """The sorted index is written through a memory map: its blocks are reserved first, so a full
+    disk is an ordinary ENOSPC error (one line in the CLI), never SIGBUS."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    code = ("import numpy as np, pathlib, sys; from realsyn.retrieve.stage import _save_sorted\n"
+            "x = np.ones((100_000, 64), np.float32)\n"
+            "try:\n    _save_sorted(x, np.arange(len(x)), pathlib.Path(sys.argv[1]) / 'v.npy')\n"
+            "except OSError as e:\n    print('ERRNO', e.errno); sys.exit(3)\n")
+    script = f"mount -t tmpfs -o size=1M tmpfs '{disk}' || exit 97; '{sys.executable}' -c \"$0\" '{disk}'"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, code], capture_output=True, text=True, timeout=120)
+    if done.returncode == 97:
+        pytest.skip("no tmpfs in a user namespace here")
+    assert done.returncode == 3 and "ERRNO 28" in done.stdout, (done.returncode, done.stdout, done.stderr[-2000:])

@@ -72,6 +72,11 @@ def _load_transformers(gguf: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _bucket(n: int) -> int:
+    """The padded length of a row of `n` tokens (a multiple of 16: little padding, fixed shapes)."""
+    return -(-n // 16) * 16
+
+
 def _common_prefix(rows: list[list[int]]) -> int:
     """Length of the token prefix all rows share, keeping at least one own token per row."""
     n = min(len(r) for r in rows) - 1
@@ -104,8 +109,9 @@ class TransformersSmolLM2:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-    def _pad(self, rows: list[list[int]], side: str) -> Any:
-        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt").to(self.device)
+    def _pad(self, rows: list[list[int]], side: str, length: int | None = None) -> Any:
+        kw = {"padding": "max_length", "max_length": length} if length else {}
+        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt", **kw).to(self.device)
 
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0,
@@ -178,15 +184,17 @@ class TransformersSmolLM2:
         block = max(1, registry.batch_bytes() // (2 * LOGIT_COPIES * 4 * head.out_features))  # positions per logits block
         with torch.inference_mode():
             for batch in self._token_batches([len(i) for i in ids]):
-                enc = self._pad([ids[i] for i in batch], "right")  # right: positions of real tokens unchanged
+                # right padding to the rows' length bucket: each row is computed at the same shape
+                # whatever else its batch holds, so the budget never changes a result
+                enc = self._pad([ids[i] for i in batch], "right", _bucket(len(ids[batch[0]])))
                 hidden = decoder(**enc).last_hidden_state[:, :-1]
                 target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
                 nll = torch.zeros_like(mask)
                 step = max(1, block // len(batch))
                 for a in range(0, hidden.shape[1], step):
-                    logits = head(hidden[:, a:a + step]).float()
-                    nll[:, a:a + step] = torch.nn.functional.cross_entropy(
-                        logits.transpose(1, 2), target[:, a:a + step], reduction="none")
+                    logits = head(hidden[:, a:a + step]).float()  # NLL per position, reduced along the
+                    nll[:, a:a + step] = (torch.logsumexp(logits, -1)  # contiguous vocabulary axis: the
+                                          - logits.gather(-1, target[:, a:a + step, None])[..., 0])  # block's shape never matters
                     del logits
                 mean = (nll * mask).sum(1).double() / mask.sum(1).double()
                 out[batch] = mean.exp().cpu().numpy()
@@ -200,9 +208,10 @@ class TransformersSmolLM2:
         batches: list[list[int]] = []
         for i in order:
             rows = len(batches[-1]) + 1 if batches else 0
-            per_row = 4 * lengths[i] * (cfg.num_attention_heads * lengths[i] + 3 * cfg.intermediate_size
-                                        + 8 * cfg.hidden_size)
-            if not batches or rows > self.batch_size or rows * per_row > registry.batch_bytes() // 2:
+            n = _bucket(lengths[i])
+            per_row = 4 * n * (cfg.num_attention_heads * n + 3 * cfg.intermediate_size + 8 * cfg.hidden_size)
+            if not batches or rows > self.batch_size or rows * per_row > registry.batch_bytes() // 2 \
+                    or _bucket(lengths[batches[-1][0]]) != n:
                 batches.append([])
             batches[-1].append(i)
         return batches
@@ -217,8 +226,9 @@ class LlamaCppSmolLM2:
         llama_cpp = registry.require("llama_cpp", "llama-cpp-python")
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, logits_all=True, seed=0, verbose=False)
 
-    def _pad(self, rows: list[list[int]], side: str) -> Any:
-        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt").to(self.device)
+    def _pad(self, rows: list[list[int]], side: str, length: int | None = None) -> Any:
+        kw = {"padding": "max_length", "max_length": length} if length else {}
+        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt", **kw).to(self.device)
 
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0) -> list[str]:
