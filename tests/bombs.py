@@ -123,8 +123,18 @@ def zim(dest: Path) -> Path:
     return dest
 
 
+def mmc4(dest: Path) -> Path:
+    """A `.jsonl.gz` whose middle line inflates to BIG bytes (over the 64 MiB line cap)."""
+    doc = {"url": "http://a/1", "text_list": [TEXT], "image_info": [{"raw_url": "http://a/1.jpg", "matched_text_index": 0}]}
+    with gzip.open(dest, "wb", compresslevel=9) as fh:
+        fh.write(json.dumps(doc).encode() + b"\n")
+        fh.write(b'{"url": "http://a/2", "text_list": ["' + b" " * BIG + b'"]}\n')
+        fh.write(json.dumps({**doc, "url": "http://a/3"}).encode() + b"\n")
+    return dest
+
+
 BUILDERS = {"epub": (epub, "b.epub"), "parquet": (parquet, "b.parquet"), "warc": (warc, "b.warc.gz"),
-            "zim": (zim, "b.zim")}
+            "zim": (zim, "b.zim"), "mmc4": (mmc4, "b.jsonl.gz")}
 
 
 def read_all(path: str, limit_mib: int) -> None:
