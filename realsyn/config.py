@@ -35,7 +35,7 @@ class ImageFilters(_Section):
 
 
 class SentenceFilters(_Section):
-    captions: bool = Field(True, description="Figure captions also enter the sentence pool (as sentences of their document, right after their image); they stay in the image rows' `caption` column either way. The paper pools every sentence of a document; a caption is often the most image-specific one.")
+    captions: bool = Field(True, description="Figure captions and alt texts also enter the pool (each as one text of its document, right after its image, `kind` caption / alt), through filters fit for captions (length, URL, placeholder and credit/click boilerplate; not CAT, entropy or perplexity, which expect prose); they stay in the image rows' `caption` / `alt` columns either way. The paper pools every sentence of a document; a caption is often the most image-specific text.")
     splitter: Literal["pysbd", "blingfire"] = Field("pysbd", description="Sentence splitter: pysbd (rule-based, accurate on abbreviations, ~2k sentences/s) or blingfire (finite-state, ~100x faster). The paper used NLTK punkt, which needs a data download.")
     min_words: int = Field(3, ge=1, le=10_000, description="Reject sentences with fewer words (paper: 3).")
     max_words: int = Field(81, ge=1, le=10_000, description="Reject sentences with more words (paper: 81).")

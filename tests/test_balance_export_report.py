@@ -268,7 +268,8 @@ def test_shards_read_with_webdataset(done, work):
             meta = sample["json"]
             assert all(isinstance(meta[t], str) and meta[t] for t in ("text1", "text2", "text3", "syn_text"))
             assert sample["txt"] == meta["text1"] and meta["key"] == sample["__key__"]
-            assert {"image_id", "doc_id", "source", "sims", "cluster", "caption", "tags"} <= meta.keys()
+            assert {"image_id", "doc_id", "source", "sims", "cluster", "generated_caption", "figure_caption", "alt",
+                    "tags"} <= meta.keys()
             seen += 1
         assert seen == sum(sizes.values()) == done["export"][scale]["kept"] == done["balance"]["scales"][scale]["pairs"] - done["export"][scale]["rejected"]
 

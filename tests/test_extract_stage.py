@@ -140,14 +140,16 @@ def test_other_formats(tmp_path, data_dir, rel, expect):
 
 
 def test_perplexity_filter_on_the_demo_corpus(tmp_path):
-    """The default config filters by SmolLM2 perplexity: every kept sentence is inside the band,
-    every sentence that reached the filter has its perplexity recorded."""
+    """The default config filters by SmolLM2 perplexity: every kept sentence of the prose is inside
+    the band, every sentence that reached the filter has its perplexity recorded; captions and
+    alt texts are no prose and skip it."""
     from realsyn.demo import materialize
 
     counts = extract([materialize(tmp_path / "corpus")], tmp_path / "w", **{"extract.sentences.perplexity": True})
     t = check_accounting(tmp_path / "w", counts)["sentences"].to_pylist()
-    kept = [r for r in t if r["status"] == "kept"]
+    kept = [r for r in t if r["status"] == "kept" and r["kind"] == "sentence"]
     assert kept and all(30 <= r["perplexity"] <= 200 for r in kept)
+    assert all(r["perplexity"] is None for r in t if r["kind"] != "sentence")
     rejected = [r for r in t if r["reason"] == "perplexity"]
     assert all(r["perplexity"] is not None and not 30 <= r["perplexity"] <= 200 for r in rejected)
     print(f"\ndemo: perplexity rejected {len(rejected)} of {len(kept) + len(rejected)} sentences that reached it")

@@ -273,7 +273,7 @@ def test_warc_png_resolved_from_archive(tmp_path):
     (doc,) = read_documents(tmp_path / "s.warc.gz")  # 404, repeated capture and revisit are ignored
     assert doc.title == "Page" and doc.items[0].text == "Caf\u00e9 text."
     logo, remote = doc.items[1:]
-    assert (logo.data, logo.url, logo.alt) == (PNG, "http://example.org/logo.png", "Logo")
+    assert (logo.data, logo.url, logo.alt) == (PNG, "http://example.org/logo.png", None)  # "Logo": a placeholder alt
     assert (remote.data, remote.url) == (None, "http://cdn.example.org/x.jpg")
     (tmp_path / "junk.warc").write_bytes(b"this is not a warc\n" * 10)
     with pytest.raises(InputError):

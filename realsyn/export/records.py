@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 
 from realsyn.runtime.workspace import part_name
 
-Source = tuple[str, tuple[str, ...]]  # (folder under WORK, columns; those a table lacks are None)
+Source = tuple[str, tuple[str, ...]]
+"""(folder under WORK, columns; those a table lacks are None). A column `NAME>ALIAS` is read as
+NAME and recorded as ALIAS (two sources may have a column of the same name)."""
 METADATA: dict[str, Source] = {
     "pairs": ("retrieve/pairs", ("doc_id", "texts", "sims")),
-    "synth": ("synth", ("caption", "tags", "syn_text")),
-    "images": ("extract/images", ("url", "source", "width", "height", "format")),
+    "synth": ("synth", ("caption>generated_caption", "tags", "syn_text")),
+    "images": ("extract/images", ("url", "source", "width", "height", "format", "alt", "caption>figure_caption")),
 }
 BLOBS: Source = ("extract/blobs", ("data",))
 
@@ -55,12 +57,15 @@ def gather(work: Path, rows: pa.Table, sources: dict[str, Source] = METADATA) ->
     """One record per row of `rows` (image_id, part, ...): the row's own fields, then the columns
     of every source (None where a source lacks the image)."""
     ids, parts = rows["image_id"].to_pylist(), rows["part"].to_pylist()
-    found = [(cols, lookup(work / folder, ids, parts, cols)) for folder, cols in sources.values()]
+    found = []
+    for folder, cols in sources.values():
+        names = [tuple(c.split(">")) if ">" in c else (c, c) for c in cols]
+        found.append((names, lookup(work / folder, ids, parts, [n for n, _ in names])))
     out = []
     for row in rows.to_pylist():
         record = dict(row)
-        for cols, table in found:
+        for names, table in found:
             hit = table.get(row["image_id"], {})
-            record.update({c: hit.get(c) for c in cols})
+            record.update({alias: hit.get(name) for name, alias in names})
         out.append(record)
     return out

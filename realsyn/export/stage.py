@@ -37,7 +37,8 @@ NAME = "export"
 _TEXTS = ("text1", "text2", "text3", "syn_text")
 META_SCHEMA = pa.schema([
     ("key", pa.string()), ("image_id", pa.string()), ("doc_id", pa.string()), ("url", pa.string()),
-    ("source", pa.string()), *((t, pa.string()) for t in _TEXTS), ("caption", pa.string()),
+    ("source", pa.string()), *((t, pa.string()) for t in _TEXTS), ("generated_caption", pa.string()),
+    ("figure_caption", pa.string()), ("alt", pa.string()),
     ("tags", pa.list_(pa.string())), ("sims", pa.list_(pa.float32())), ("cluster", pa.int32()), ("sim", pa.float32()),
     ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
     ("format", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
@@ -65,7 +66,8 @@ def _meta(rec: dict[str, Any], key: str) -> dict[str, Any]:
     texts = [t or "" for t in (rec["texts"] or [])][:3] + [""] * 3
     return {"key": key, "image_id": rec["image_id"], "doc_id": rec["doc_id"] or "", "url": rec["url"],
             "source": rec["source"] or "", "text1": texts[0], "text2": texts[1], "text3": texts[2],
-            "syn_text": rec["syn_text"] or "", "caption": rec["caption"] or "",
+            "syn_text": rec["syn_text"] or "", "generated_caption": rec["generated_caption"] or "",
+            "figure_caption": rec["figure_caption"] or "", "alt": rec["alt"] or "",
             "tags": [str(t) for t in rec["tags"] or []], "sims": [round(float(s), 4) for s in rec["sims"] or []],
             "cluster": rec["cluster"], "sim": round(float(rec["sim"]), 4), "width": None, "height": None,
             "original_width": rec["width"], "original_height": rec["height"], "format": None,

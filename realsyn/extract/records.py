@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 
 from realsyn.config import ExtractConfig
 from realsyn.extract.images import inspect_image
-from realsyn.extract.sentences import sentence_reason, split_sentences, text_hash, word_entropy
+from realsyn.extract.sentences import caption_reason, sentence_reason, split_sentences, text_hash, word_entropy
 from realsyn.io.documents import Document, stable_id
+from realsyn.io.readers.html import FIGURE_LABEL
 
 
 @dataclass
@@ -37,7 +38,9 @@ class PartRows:
 IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
                  "url", "alt", "caption", "source", "status", "reason")
 SENTENCE_COLUMNS = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "language",
-                    "perplexity", "text_hash", "source", "status", "reason")
+                    "perplexity", "text_hash", "source", "status", "reason", "kind")
+KINDS = ("sentence", "caption", "alt")
+"""What a pool text is: a sentence of the prose, an image's figure caption, or its alt text."""
 
 
 def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractConfig) -> None:
@@ -63,26 +66,43 @@ def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractC
         rows.images[col].append(v)
 
 
+def _sentence_row(rows: PartRows, doc: Document, pos: int, text: str, reason: str | None, kind: str) -> None:
+    values = (stable_id(doc.doc_id, str(pos), length=32), doc.doc_id, pos, text, len(text.split()),
+              word_entropy(text), None, None, text_hash(text), doc.source,
+              "kept" if reason is None else "rejected", reason, kind)
+    for col, v in zip(SENTENCE_COLUMNS, values):
+        rows.sentences[col].append(v)
+
+
 def _sentence_rows(rows: PartRows, doc: Document, pos: int, text: str, cfg: ExtractConfig) -> int:
     f = cfg.sentences
     for sentence in split_sentences(text, splitter=f.splitter):
         reason = sentence_reason(sentence, min_words=f.min_words, max_words=f.max_words,
                                  min_entropy=f.min_entropy, reject_emoji=f.reject_emoji,
                                  reject_url=f.reject_url, cat=f.cat)
-        values = (stable_id(doc.doc_id, str(pos), length=32), doc.doc_id, pos, sentence,
-                  len(sentence.split()), word_entropy(sentence), None, None, text_hash(sentence),
-                  doc.source, "kept" if reason is None else "rejected", reason)
-        for col, v in zip(SENTENCE_COLUMNS, values):
-            rows.sentences[col].append(v)
+        _sentence_row(rows, doc, pos, sentence, reason, "sentence")
+        pos += 1
+    return pos
+
+
+def _caption_row(rows: PartRows, doc: Document, pos: int, text: str, kind: str, cfg: ExtractConfig) -> int:
+    """A figure caption or alt text as one pool text (not split; its "Fig. 3." label dropped),
+    under the caption filters."""
+    text = FIGURE_LABEL.sub("", text, count=1).strip() or text
+    pieces = [text] if len(text.split()) <= cfg.sentences.max_words else split_sentences(text, cfg.sentences.splitter)
+    for piece in pieces:  # a long description (an accessibility alt) is split into its sentences
+        reason = caption_reason(piece, max_words=cfg.sentences.max_words, reject_url=cfg.sentences.reject_url)
+        _sentence_row(rows, doc, pos, piece, reason, kind)
         pos += 1
     return pos
 
 
 def _reject_where(table: dict[str, list[Any]], inputs: Sequence[Any], fn: Callable, reason: str,
-                  rejects: Callable[[Any], bool], column: str, value: Callable[[Any], Any] = float) -> None:
-    """Run the batch function `fn` on the kept rows' `inputs`, store `value(result)` in `column`
-    and reject the rows where `rejects(result)`."""
-    todo = [i for i, st in enumerate(table["status"]) if st == "kept"]
+                  rejects: Callable[[Any], bool], column: str, value: Callable[[Any], Any] = float,
+                  kind: str | None = None) -> None:
+    """Run the batch function `fn` on the kept rows' `inputs` (only those of `kind`, if given),
+    store `value(result)` in `column` and reject the rows where `rejects(result)`."""
+    todo = [i for i, st in enumerate(table["status"]) if st == "kept" and (kind is None or table["kind"][i] == kind)]
     for i, result in zip(todo, fn([inputs[i] for i in todo]) if todo else []):
         table[column][i] = value(result)
         if rejects(result):
@@ -101,8 +121,8 @@ def apply_models(rows: PartRows, cfg: ExtractConfig, scorers: Scorers) -> None:
                       lambda r: r[0] not in f.languages or r[1] < f.min_language_score,
                       column="language", value=lambda r: r[0])
     if scorers.perplexity is not None:
-        _reject_where(s, s["text"], scorers.perplexity, "perplexity",
-                      lambda p: not f.min_perplexity <= p <= f.max_perplexity, column="perplexity")
+        _reject_where(s, s["text"], scorers.perplexity, "perplexity",  # prose only: captions are no prose
+                      lambda p: not f.min_perplexity <= p <= f.max_perplexity, column="perplexity", kind="sentence")
 
 
 def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, scorers: Scorers | None = None) -> PartRows:
@@ -115,8 +135,12 @@ def extract_documents(docs: Sequence[Document], cfg: ExtractConfig, scorers: Sco
             if item.kind == "image":
                 _image_row(rows, doc, pos, item, cfg)
                 pos += 1
-                if item.caption and cfg.sentences.captions:
-                    pos = _sentence_rows(rows, doc, pos, item.caption, cfg)
+                if cfg.sentences.captions:
+                    for kind, text in (("caption", item.caption), ("alt", item.alt)):
+                        if text and not (kind == "alt" and item.caption and text in item.caption):
+                            pos = _caption_row(rows, doc, pos, text, kind, cfg)
+            elif item.text and item.role == "caption" and cfg.sentences.captions:
+                pos = _caption_row(rows, doc, pos, item.text, "caption", cfg)
             elif item.text:
                 pos = _sentence_rows(rows, doc, pos, item.text, cfg)
     if scorers is not None:

@@ -24,12 +24,14 @@ import pysbd
 
 __all__ = [
     "REASONS", "split_sentences", "sentence_reason", "word_entropy", "has_emoji", "has_url",
-    "cat_check", "normalise_for_dedup", "text_hash",
+    "cat_check", "normalise_for_dedup", "text_hash", "caption_reason", "CAPTION_REASONS",
 ]
 
 #: Every reason `sentence_reason` can return, in the order they are checked.
 REASONS = ("has_emoji", "has_url", "too_few_words", "too_many_words", "cat_complexity",
            "cat_action", "low_entropy")
+#: Every reason `caption_reason` can return (captions and alt texts), in the order they are checked.
+CAPTION_REASONS = ("has_url", "placeholder", "boilerplate", "too_few_words", "too_many_words")
 
 # --------------------------------------------------------------------------------------------
 # Splitting
@@ -376,6 +378,34 @@ def sentence_reason(text: str, *, min_words: int = 3, max_words: int = 81,
             return reason
     if min_entropy > 0 and word_entropy(text) < min_entropy:
         return "low_entropy"
+    return None
+
+
+_CAPTION_PLACEHOLDER = re.compile(
+    r"^(?:see (?:the )?caption|caption|image|img|photo(?:graph)?|picture|icon|logo|thumbnail|illustration|figure|"
+    r"untitled|no (?:image|description)|placeholder|\S+\.(?:jpe?g|png|gif|webp|svg|bmp|tiff?))\W*$", re.I)
+_CAPTION_BOILERPLATE = re.compile(
+    r"(?:\b(?:click|tap)\b.*\b(?:enlarge|zoom|view|here)\b|^\W*enlarge\W*$|^(?:view|download|open|see) "
+    r"(?:larger|full|original|image)|\bcopyright\b|\u00a9|all rights reserved|^\W*(?:photo|image|picture)s?\s*"
+    r"(?:credit|courtesy|source)|^\W*(?:credit|source|courtesy)\s*:)", re.I)
+
+
+def caption_reason(text: str, *, min_words: int = 2, max_words: int = 81, reject_url: bool = True) -> str | None:
+    """None when a figure caption or alt text may enter the pool, else the first failing reason
+    among `CAPTION_REASONS`. Captions are short noun phrases by nature ("Vacant wall in the
+    Salon Carré, Louvre"), so the sentence rules that expect prose (CAT's verb, entropy,
+    perplexity) do not apply: only length, URLs, placeholders and credit/click boilerplate."""
+    if reject_url and has_url(text):
+        return "has_url"
+    if _CAPTION_PLACEHOLDER.match(text.strip()):
+        return "placeholder"
+    if _CAPTION_BOILERPLATE.search(text):
+        return "boilerplate"
+    n = len(text.split())
+    if n < min_words:
+        return "too_few_words"
+    if n > max_words:
+        return "too_many_words"
     return None
 
 

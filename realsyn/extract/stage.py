@@ -47,7 +47,7 @@ SENTENCE_SCHEMA = pa.schema([
     ("sentence_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
     ("text", pa.string()), ("words", pa.int32()), ("entropy", pa.float32()),
     ("language", pa.string()), ("perplexity", pa.float64()), ("text_hash", pa.int64()), ("source", pa.string()),
-    ("status", pa.string()), ("reason", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()), ("kind", pa.string()),
 ])
 BLOB_SCHEMA = pa.schema([("image_id", pa.string()), ("data", pa.binary())])
 DOWNLOAD_SCHEMA = pa.schema(list(zip(STATUS_COLUMNS, (pa.string(), pa.string(), pa.string(), pa.int32(), pa.string(),

@@ -22,6 +22,8 @@ class Item:
     only `url`; `error` says why bytes are missing when the reader could not get them
     (e.g. `missing` for a reference to a file that is not in the archive).
     `alt` and `caption` are the image's alt text and figure caption, when the source has them.
+    A text item with `role='caption'` was marked up as a caption (a `p.caption`, a "Fig. 3." line)
+    that no image claimed.
     """
 
     kind: Literal["text", "image"]
@@ -31,6 +33,7 @@ class Item:
     alt: str | None = None
     caption: str | None = None
     error: str | None = None
+    role: str | None = None
 
 
 @dataclass

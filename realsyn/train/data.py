@@ -56,7 +56,7 @@ def draw_text(meta: Mapping[str, Any], probs: Mapping[str, float], rng: random.R
     present = [t for t in TEXT_FIELDS if str(meta.get(t) or "").strip()]
     weights = [probs.get(t, 0.0) for t in present]
     if not present:
-        return str(meta.get("caption") or "")
+        return str(meta.get("figure_caption") or meta.get("generated_caption") or meta.get("caption") or "")
     if sum(weights) <= 0:
         return str(meta[present[0]])
     return str(meta[rng.choices(present, weights)[0]])

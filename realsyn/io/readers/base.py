@@ -13,7 +13,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 from realsyn.io.documents import Item, stable_id
 from realsyn.io.policy import DEFAULT, ReadPolicy
@@ -79,6 +79,27 @@ class Seen:
 
 def is_remote(src: str) -> bool:
     return src[:8].lower().startswith(("http://", "https://"))
+
+
+_URL_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def canonical_url(url: str) -> str:
+    """A URL in one spelling for matching: no fragment, lower-case scheme and host, default port
+    dropped, the path and query percent-encoded the same way (`%2C` and `,` match)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    path = quote(unquote(parts.path), safe=_URL_SAFE) or "/"
+    query = quote(unquote(parts.query), safe=_URL_SAFE + "?")
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if parts.query else "")
 
 
 def data_uri_item(uri: str) -> Item:

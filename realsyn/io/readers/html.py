@@ -36,7 +36,16 @@ _TEXT_TAGS = frozenset("p li dd blockquote".split())
 _NO_TEXT_TAGS = frozenset("h1 h2 h3 h4 h5 h6 td th caption dt pre svg math".split())
 _INLINE = frozenset("a abbr b bdi bdo big cite code data del dfn em font i img ins kbd mark q rp rt ruby s samp "
                     "small span strike strong sub sup time tt u var wbr".split())
-_CAPTIONS = {"thumbinner": "thumbcaption", "gallerybox": "gallerytext"}  # MediaWiki container -> caption class
+_CAPTIONS = {"tsingle": "thumbcaption", "thumbinner": "thumbcaption", "gallerybox": "gallerytext"}  # MediaWiki
+# container -> caption class; `tsingle` first: in a multi-image box each image has its own caption
+_CAPTION_CLASSES = frozenset("caption wp-caption-text image-caption figure-caption img-caption photo-caption "
+                             "imagecaption figcaption".split())
+FIGURE_LABEL = re.compile(r"^\s*(?:fig(?:ure)?|plate|illustration|abb(?:ildung)?|pl)\.?\s*(?:no\.?\s*)?"
+                          r"(?:[0-9]+|[ivxlc]+)[a-z]?\s*[.:\u2013\u2014-]+\s*", re.I)
+"""A figure label opening a caption: "Fig. 19.", "Figure 3:", "Plate IV." (stripped from pool text)."""
+_PLACEHOLDER_ALT = re.compile(r"^(?:see caption|image|img|photo|picture|icon|logo|thumbnail|illustration|figure|"
+                              r"spacer|blank|null|none|untitled|\S+\.(?:jpe?g|png|gif|webp|svg|bmp|tiff?)|"
+                              r".*\(\d+\s*[kKmM]b?\))$", re.I)
 _XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -46,6 +55,12 @@ _DECLARED = (re.compile(rb"^\s*<\?xml[^>]*encoding\s*=\s*[\"']?([\w.:-]+)", re.I
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LAYOUT_TAGS = re.compile(r"</?(?:div|span|section|article|main|aside|font|center|table|tbody|thead|tfoot|tr|td|th)"
                           r"(?:\s[^>]*)?/?>", re.I)
+
+
+def placeholder_alt(alt: str | None) -> bool:
+    """Whether an alt text says nothing of the image: "see caption", a file name, "logo",
+    Project Gutenberg's "name (155K)"."""
+    return not alt or bool(_PLACEHOLDER_ALT.match(alt.strip().strip("[]")))
 
 
 def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -> tuple[str | None, list[Item]]:
@@ -240,6 +255,7 @@ class _Walker:
         self.modes: list[bool] = []  # innermost text/no-text element: collect text?
         self.open_blocks = 0
         self.captions: dict[etree._Element, str | None] = {}
+        self.claimed: set[etree._Element] = set()
 
     def run(self, root: etree._Element) -> list[Item]:
         frames: list[tuple[str, bool]] = []  # (kind, is block) per open element
@@ -252,7 +268,7 @@ class _Walker:
             else:
                 self._end(el, *frames.pop())
         self._flush()
-        return self.items
+        return _attach_captions(self.items)
 
     def _collecting(self) -> bool:
         return bool(self.modes) and self.modes[-1]
@@ -272,6 +288,13 @@ class _Walker:
             self.modes.append(False)
             kind = "notext"
         block = tag not in _INLINE
+        if el in self.claimed:  # a table cell already given to its image as caption
+            return "skip", block
+        if tag not in ("figcaption", "img", "image") and not _CAPTION_CLASSES.isdisjoint(_classes(el)):
+            self._flush()
+            if text := _plain_text(el):
+                self.items.append(Item("text", text=text, role="caption"))
+            return "skip", block
         if tag in ("img", "image"):
             self._image(el)
         elif self._collecting():
@@ -304,7 +327,8 @@ class _Walker:
         item = data_uri_item(src) if src[:5].lower() == "data:" else self.resolve(src)
         if item is None:
             return
-        item.alt = norm(el.get("alt")) or None
+        alt = norm(el.get("alt")) or None
+        item.alt = None if placeholder_alt(alt) else alt
         item.caption = self._caption(el)
         (self.pending if self.open_blocks else self.items).append(item)
 
@@ -312,6 +336,10 @@ class _Walker:
         """Caption of the nearest enclosing `figure` (its `figcaption`) or MediaWiki thumb/gallery box."""
         for anc in el.iterancestors():
             tag = _tag(anc)
+            if tag in ("td", "th"):
+                if (cap := self._cell_caption(anc)) is not None:
+                    return cap
+                continue
             if tag == "figure":
                 find = (c for c in anc if _tag(c) == "figcaption")
             elif tag in ("div", "li") and (box := sorted(_CAPTIONS.keys() & _classes(anc))):
@@ -323,3 +351,56 @@ class _Walker:
                 self.captions[anc] = (_plain_text(cap) or None) if cap is not None else None
             return self.captions[anc]
         return None
+
+    def _cell_caption(self, cell: etree._Element) -> str | None:
+        """A table layout's caption of the image in `cell`: the cell below it (next two rows, same
+        column) when it is marked `caption` or opens with a figure label ("Fig. 19.")."""
+        row = cell.getparent()
+        if row is None or _tag(row) != "tr":
+            return None
+        column = _columns(row)[cell]
+        below = row.itersiblings()
+        for other in (next(below, None), next(below, None)):
+            if other is None or _tag(other) != "tr":
+                return None
+            target = next((c for c, (a, b) in _columns(other).items() if a <= column[0] < b), None)
+            if target is not None and target.find(".//{*}img") is None:
+                text = _plain_text(target)
+                if text and ("caption" in _classes(target) or FIGURE_LABEL.match(text)):
+                    self.claimed.add(target)  # its text is the caption, not prose (shared by a colspan)
+                    return text
+        return None
+
+
+def _columns(row: etree._Element) -> dict[etree._Element, tuple[int, int]]:
+    """Each cell of a table row -> its [first, last + 1) column, colspans counted."""
+    out, at = {}, 0
+    for c in row:
+        if _tag(c) in ("td", "th"):
+            try:
+                span = max(1, min(1000, int(c.get("colspan") or 1)))
+            except ValueError:
+                span = 1
+            out[c] = (at, at + span)
+            at += span
+    return out
+
+
+def _attach_captions(items: list[Item]) -> list[Item]:
+    """Give an image without caption the text right after it when that text is marked as a
+    caption or opens with a figure label (a "Fig. 3." paragraph under the picture), or a marked
+    caption right before it; such a text leaves the prose."""
+    used: set[int] = set()
+    for i, item in enumerate(items):
+        if item.kind != "image" or item.caption:
+            continue
+        for j, strict in ((i + 1, False), (i - 1, True)):
+            if not 0 <= j < len(items) or j in used or items[j].kind != "text":
+                continue
+            text = items[j].text or ""
+            marked = items[j].role == "caption"
+            if marked or (not strict and FIGURE_LABEL.match(text) and len(text.split()) <= 80):
+                item.caption = text
+                used.add(j)
+                break
+    return [it for k, it in enumerate(items) if k not in used]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import urljoin
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
@@ -17,7 +17,7 @@ from warcio.recordloader import ArcWarcRecord
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import Seen, base_name, doc_id, is_remote, log, skip
+from realsyn.io.readers.base import Seen, base_name, canonical_url, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import page_items
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -50,7 +50,7 @@ def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
     mime, _, params = (rec.http_headers.get_header("Content-Type") or "").partition(";")
     charset = next((v.strip(" \"'") for k, _, v in (p.partition("=") for p in params.split(";"))
                     if k.strip().lower() == "charset"), None)
-    return (urldefrag(url)[0], mime.strip().lower(), charset) if url else None
+    return (canonical_url(url), mime.strip().lower(), charset) if url else None
 
 
 def _image_offsets(path: Path) -> dict[str, int]:
@@ -74,7 +74,7 @@ def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO, cap: in
     """Absolute URL of `src`; bytes when the archive has that image (read once per page: `seen`),
     else url only."""
     try:
-        url = urldefrag(urljoin(page, src.strip()))[0]
+        url = canonical_url(urljoin(page, src.strip()))
     except ValueError:
         return None
     if not is_remote(url):
