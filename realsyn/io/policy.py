@@ -30,6 +30,12 @@ class ReadPolicy:
     """Largest unit read: image file, zip member, ZIM entry, WARC record, parquet cell."""
     max_document_bytes: int = 16 * MIB
     """Largest page body (HTML/XHTML) and largest total text of one document."""
+    main_content: str = "auto"
+    """Drop page text outside the main content (trafilatura): `on`, `off`, or `auto` (web pages)."""
+
+    def main_content_for(self, web: bool) -> bool:
+        """Whether to keep only the main content of a page (`web`: from a web archive)."""
+        return self.main_content == "on" or (self.main_content == "auto" and web)
 
     def inside(self, path: Path, root: Path | None = None) -> bool:
         """Whether `path`'s real path lies in `root` (resolved) or one of the extra roots."""
@@ -46,7 +52,8 @@ def from_config(cfg: object) -> ReadPolicy:
     return ReadPolicy(roots=tuple(Path(os.path.realpath(os.path.expanduser(r))) for r in cfg.images.roots),  # type: ignore[attr-defined]
                       follow_symlinks=cfg.follow_symlinks,  # type: ignore[attr-defined]
                       max_item_bytes=cfg.max_item_mib * MIB,  # type: ignore[attr-defined]
-                      max_document_bytes=cfg.max_document_mib * MIB)  # type: ignore[attr-defined]
+                      max_document_bytes=cfg.max_document_mib * MIB,  # type: ignore[attr-defined]
+                      main_content=cfg.main_content)  # type: ignore[attr-defined]
 
 
 def walk_files(root: Path, policy: ReadPolicy = DEFAULT, skipped: list[Path] | None = None) -> Iterator[Path]:

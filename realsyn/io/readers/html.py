@@ -76,9 +76,10 @@ def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -
 
 
 def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str | None = None,
-               where: object = "") -> tuple[str | None, list[Item]] | None:
+               where: object = "", web: bool = False) -> tuple[str | None, list[Item]] | None:
     """`html_to_items` for a page within `policy.max_document_bytes`; None (the page counted as a
-    skipped document, reason `oversized_document` or `undecodable_page`) otherwise."""
+    skipped document, reason `oversized_document` or `undecodable_page`) otherwise. With main
+    content on (`policy.main_content_for(web)`), prose outside the page's main content is dropped."""
     if len(html) > policy.max_document_bytes:
         skip("oversized_document", "%s: skipping a page of %d bytes (extract.max_document_mib)", where, len(html))
         return None
@@ -88,7 +89,42 @@ def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str
             skip("undecodable_page", "%s: skipping a page whose text encoding cannot be detected", where)
             return None
         return None, []
-    return _title(root), _Walker(resolve).run(root)
+    items = _Walker(resolve).run(root)
+    return _title(root), main_content(root, items) if policy.main_content_for(web) else items
+
+
+_WORD = re.compile(r"\w+")
+_UI_TEXT = re.compile(r"\b(?:apply|remove|clear|reset)\b[^.]{0,60}\bfilters?\b|^\W*(?:skip|jump) to (?:main )?content|"
+                      r"^\W*back to top\W*$|^\W*(?:read|show|load|see) (?:more|all)\W*$|\bcookie (?:policy|settings)\b",
+                      re.I)
+"""Labels of page controls that main-content extraction may leave in (facets, skip links)."""
+
+
+def main_content(root: etree._Element, items: list[Item]) -> list[Item]:
+    """The items without the prose that trafilatura (the main-content extractor datatrove uses)
+    leaves out of the page's main content: navigation, facets, footers. Images and captions stay
+    where they are; a page trafilatura finds nothing in keeps everything."""
+    import trafilatura
+
+    try:
+        main = trafilatura.extract(etree.tostring(root, encoding="unicode", method="html"), favor_recall=True,
+                                   include_tables=True, include_comments=False, deduplicate=False)
+    except Exception:  # noqa: BLE001 - an extractor failure costs the filter, never the page
+        return items
+    if not main:
+        return items
+    words = _WORD.findall(main.lower())
+    body, grams = " ".join(words), set(zip(words, words[1:], words[2:]))
+
+    def inside(text: str) -> bool:  # the two extractions differ in details (citation marks, spacing)
+        w = _WORD.findall(text.lower())
+        if len(w) < 4:
+            return " ".join(w) in body
+        own = list(zip(w, w[1:], w[2:]))
+        return sum(g in grams for g in own) >= 0.5 * len(own)
+
+    return [it for it in items if it.kind != "text" or it.role == "caption"
+            or (inside(it.text or "") and not _UI_TEXT.search(it.text or ""))]
 
 
 def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:

@@ -117,6 +117,6 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
                 skip("oversized_document", "%s: skipping %s, body over extract.max_document_mib", path, url)
                 continue
             resolve = partial(_resolve, page=url, offsets=offsets, fh=images, cap=policy.max_item_bytes, seen={})
-            page = page_items(html, resolve, policy, charset, where=url)
+            page = page_items(html, resolve, policy, charset, where=url, web=True)
             if page is not None:
                 yield Document(did, url, page[1], page[0])
