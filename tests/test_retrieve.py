@@ -193,7 +193,8 @@ def _pairs(root: Path) -> pa.Table:
 
 
 def test_stage_writes_pairs_and_resumes(tmp_path):
-    ctx = _fake_workspace(tmp_path, **{"retrieve.images_per_task": 80, "retrieve.sentences_per_cluster": 50})
+    ctx = _fake_workspace(tmp_path, **{"retrieve.images_per_task": 80, "retrieve.sentences_per_cluster": 50,
+                                       "retrieve.scope": "global"})
     counts = _run(ctx)
     t = _pairs(tmp_path)
     assert {"image_id", "doc_id", "text_ids", "texts", "sims", "cluster", "same_doc", "status"} <= set(t.column_names)
@@ -231,7 +232,7 @@ def test_stage_writes_pairs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("scope", ["document", "hybrid"])
 def test_stage_scopes_and_min_sim(tmp_path, scope):
-    ctx = _fake_workspace(tmp_path, **{"retrieve.scope": scope, "retrieve.doc_bonus": 1.0, "retrieve.min_sim": 0.4,
+    ctx = _fake_workspace(tmp_path, **{"retrieve.scope": scope, "retrieve.doc_bonus": 100.0, "retrieve.min_sim": 0.4,
                                        "retrieve.sentences_per_cluster": 50})
     counts = _run(ctx)
     t = _pairs(tmp_path)
@@ -241,6 +242,6 @@ def test_stage_scopes_and_min_sim(tmp_path, scope):
         assert (row["status"] == "kept") == bool(row["text_ids"])
         if scope == "document":
             assert all(row["same_doc"]) and all(i.split("-")[0][1:] == row["image_id"].split("-")[0][1:] for i in row["text_ids"])
-        else:  # a bonus of 1 ranks the image's own document first
+        else:  # a bonus of 100 spreads ranks the image's own document first
             assert row["same_doc"] == sorted(row["same_doc"], reverse=True)
     assert counts["same_doc_fraction"] == 1.0 if scope == "document" else 0 < counts["same_doc_fraction"] < 1

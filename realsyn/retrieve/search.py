@@ -255,3 +255,13 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
         return 1.0
     found = ((approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(axis=1).sum()
     return float(found / max(1, (exact >= 0).sum()))
+
+
+def similarity_spread(images: np.ndarray, texts: np.ndarray) -> float:
+    """Standard deviation of the cosine between images and texts (rows L2-normalised): the unit
+    in which an encoder's similarities differ. The bridge and a real CLIP differ several-fold in
+    it, so ranking bonuses are set in this unit, not in raw cosine."""
+    if not len(images) or not len(texts):
+        return 1.0
+    sims = images.astype(np.float32) @ texts.astype(np.float32).T
+    return float(max(sims.std(), 1e-6))

@@ -45,6 +45,7 @@ from realsyn.retrieve.search import (
     hybrid_merge,
     nearest_centroids,
     recall_at_k,
+    similarity_spread,
     sort_by_group,
     train_kmeans,
 )
@@ -146,7 +147,24 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
     rank[order] = np.arange(n)
     for name, arr in (("offsets", offsets), ("order", order), ("rank", rank)):
         _save(arr, out / f"{name}.npy")
-    ctx.ws.note(NAME, sentences=n, clusters=len(cent), index_seconds=round(time.time() - started, 3))
+    ctx.ws.note(NAME, sentences=n, clusters=len(cent), index_seconds=round(time.time() - started, 3),
+                sim_spread=round(_spread(ctx, x, n_parts), 6))
+
+
+def _spread(ctx: Context, x: np.ndarray, n_parts: int, sample: int = 2048) -> float:
+    """`similarity_spread` on a seeded sample of kept images (parts in a seeded order) and texts."""
+    rng = np.random.default_rng(ctx.cfg.runtime.seed)
+    texts = x[np.sort(rng.choice(len(x), min(len(x), 2 * sample), replace=False))] if len(x) else x
+    kept, starts, images = _load(ctx.ws.dir(NAME) / "images_kept.npy"), [0], []
+    for i in range(n_parts):
+        starts.append(starts[-1] + pq.ParquetFile(ctx.ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows)
+    for i in rng.permutation(n_parts):
+        if sum(len(e) for e in images) >= sample:
+            break
+        emb = embed.read_embeddings([ctx.ws.dir(embed.NAME) / "images" / part_name(int(i))], "image_id")[1]
+        images.append(emb[np.asarray(kept[starts[i]:starts[i + 1]])])
+    q = np.concatenate(images)[:sample] if images else np.zeros((0, x.shape[1]), np.float32)
+    return similarity_spread(q, texts)
 
 
 def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
@@ -310,12 +328,16 @@ def run(ctx: Context, key: str) -> dict:
     _build_index(ctx, out, n_parts, cpu_count())
     sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
     starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    tasks = _plan(ws.root, starts, cfg.retrieve, 1)
+    spread = ws.stage(NAME).get("sim_spread", 1.0)  # bonuses are in units of the encoder's similarity spread
+    rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread,
+                                         "near_bonus": cfg.retrieve.near_bonus * spread})
+    tasks = _plan(ws.root, starts, rc, 1)
     threads = ctx.executor.threads_for(len(tasks))
     ctx.executor.run(_process, [replace(t, threads=threads) for t in tasks], "retrieve", "images")
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
     counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],
+              "sim_spread": spread,
               "scope": cfg.retrieve.scope, **_recall(ws.root, index, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
     ws.finish(NAME, counts, time.time() - started)
     return counts
