@@ -95,7 +95,7 @@ def test_epub_folders_figures_captions_alt():
     cole, gallery, wcag = (list(read_documents(EPUBS / n)) for n in
                            ("cole-voyage-of-life-tol", "figure-gallery-bindings", "WCAG"))
     for docs in (cole, gallery, wcag):
-        assert len(docs) == 1
+        assert len(docs) >= 1 and len({d.doc_id for d in docs}) == len(docs)  # one document per chapter
         imgs = images(docs)
         assert all(i.data for i in imgs)
         assert not {i.caption for i in imgs} & set(texts(docs))

@@ -1,4 +1,7 @@
-"""EPUB books (`.epub` zip or unpacked folder): one document per book, spine documents in order."""
+"""EPUB books (`.epub` zip or unpacked folder): one document per spine item (chapter), in order.
+
+A chapter, not the book, is the document: "same document" in retrieval then means the text around
+an image, not anything in a 300-page book."""
 
 from __future__ import annotations
 
@@ -10,11 +13,21 @@ from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
-from realsyn.io.documents import Document, Item
+from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers import InputError
-from realsyn.io.readers.base import (FileRefused, Lookup, base_name, doc_id, folder_lookup, local_path, memo, norm,
-                                     resolve_relative, skip, within_budget)
+from realsyn.io.readers.base import (
+    FileRefused,
+    Lookup,
+    base_name,
+    doc_id,
+    folder_lookup,
+    local_path,
+    memo,
+    norm,
+    resolve_relative,
+    skip,
+)
 from realsyn.io.readers.html import page_items
 
 CONTAINER = "META-INF/container.xml"
@@ -54,10 +67,11 @@ def _spine(opf_path: str, opf: etree._Element) -> list[str]:
 
 
 def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy) -> Iterator[Document]:
+    """One document per spine item (a chapter), in reading order; spine items without text or
+    images are passed over. The book's title is every chapter's title."""
     lookup = memo(lookup)  # an image (or page) referenced many times is read once
     opf_path, opf = _package(path, lookup)
     title = norm(opf.findtext("{*}metadata/{http://purl.org/dc/elements/1.1/}title")) or None
-    items: list[Item] = []
     for doc_path in _spine(opf_path, opf):
         try:
             data = lookup(doc_path)
@@ -69,18 +83,13 @@ def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy) -> Iterator
             skip("missing_document", "%s: spine document %s not found", path, doc_path)
             continue
         page = page_items(data, partial(resolve_relative, base=doc_path, lookup=lookup), policy, where=f"{path}:{doc_path}")
-        if page is not None:
-            title = title or page[0]
-            items.extend(page[1])
-        if not within_budget(items, policy):
-            skip("oversized_document", "%s: skipping the book, its text exceeds extract.max_document_mib", path)
-            return
-    yield Document(doc_id(name, opf_path), opf_path, items, title)
+        if page is not None and page[1]:
+            yield Document(doc_id(name, doc_path), doc_path, page[1], title or page[0])
 
 
 def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """The book as one Document (source = the OPF path). Its doc_id uses the name without `.epub`,
-    so a zipped book and its unpacked folder give identical documents."""
+    """The book's chapters as Documents (source = the spine item's path). Their doc_ids use the name
+    without `.epub`, so a zipped book and its unpacked folder give identical documents."""
     path = Path(path)
     name = base_name(path)
     name = name[:-5] if name.lower().endswith(".epub") else name

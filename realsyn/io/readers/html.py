@@ -47,6 +47,10 @@ _PLACEHOLDER_ALT = re.compile(r"^(?:see caption|image|img|photo|picture|icon|log
                               r"spacer|blank|null|none|untitled|\S+\.(?:jpe?g|png|gif|webp|svg|bmp|tiff?)|"
                               r".*\(\d+\s*[kKmM]b?\))$", re.I)
 _XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+_CHAPTER_TAGS = ("h1", "h2", "h3", "h4")
+CHAPTER_MIN_CHARS = 20_000
+"""A page with more text than this (a book, not an article) is split into documents at its
+headings: the most frequent level among h1 to h4 (a book's chapter or section headings)."""
 
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))  # UTF-32 LE before UTF-16 LE
@@ -76,7 +80,7 @@ def html_to_items(html: bytes, resolve: Resolver, encoding: str | None = None) -
 
 
 def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str | None = None,
-               where: object = "", web: bool = False) -> tuple[str | None, list[Item]] | None:
+               where: object = "", web: bool = False, chapters: bool = False) -> tuple[str | None, list[Item]] | None:
     """`html_to_items` for a page within `policy.max_document_bytes`; None (the page counted as a
     skipped document, reason `oversized_document` or `undecodable_page`) otherwise. With main
     content on (`policy.main_content_for(web)`), prose outside the page's main content is dropped."""
@@ -89,8 +93,26 @@ def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str
             skip("undecodable_page", "%s: skipping a page whose text encoding cannot be detected", where)
             return None
         return None, []
-    items = _Walker(resolve).run(root)
+    items = _Walker(resolve, chapters).run(root)
     return _title(root), main_content(root, items) if policy.main_content_for(web) else items
+
+
+def split_chapters(items: list[Item], min_chars: int = CHAPTER_MIN_CHARS) -> list[list[Item]]:
+    """The items of a page split at its chapter headings (the `break-hN` markers of
+    `page_items(chapters=True)`) when the page is a book (more than `min_chars` of text), else
+    one list; markers removed, empty chapters dropped."""
+    marks = [it.role for it in items if it.role and it.role.startswith("break-")]
+    counts = [(marks.count(f"break-{h}"), -k, f"break-{h}") for k, h in enumerate(_CHAPTER_TAGS)]
+    level = max(counts)[2]  # the most frequent heading level (the higher one on ties)
+    parts: list[list[Item]] = [[]]
+    for it in items:
+        if it.role == level:
+            parts.append([])
+        elif not (it.role or "").startswith("break-"):
+            parts[-1].append(it)
+    if sum(len(it.text or "") for it in items) <= min_chars:
+        return [[it for p in parts for it in p]]
+    return [p for p in parts if p]
 
 
 _WORD = re.compile(r"\w+")
@@ -283,8 +305,8 @@ def _title(root: etree._Element) -> str | None:
 class _Walker:
     """One pass over the tree in document order, keeping a text buffer and the open prose blocks."""
 
-    def __init__(self, resolve: Resolver) -> None:
-        self.resolve = resolve
+    def __init__(self, resolve: Resolver, chapters: bool = False) -> None:
+        self.resolve, self.chapters = resolve, chapters
         self.items: list[Item] = []
         self.buf: list[str] = []
         self.pending: list[Item] = []  # images met inside the open prose block
@@ -331,6 +353,9 @@ class _Walker:
             if text := _plain_text(el):
                 self.items.append(Item("text", text=text, role="caption"))
             return "skip", block
+        if self.chapters and tag in _CHAPTER_TAGS:
+            self._flush()
+            self.items.append(Item("text", role=f"break-{tag}"))
         if tag in ("img", "image"):
             self._image(el)
         elif self._collecting():

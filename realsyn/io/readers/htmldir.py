@@ -1,4 +1,5 @@
-"""A folder of `.html` / `.htm` / `.xhtml` files: one document per file, images read from the folder."""
+"""A folder of `.html` / `.htm` / `.xhtml` files: one document per file (per chapter for a book, a
+page of more than 20,000 characters split at its most frequent heading level), images read from the folder."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
 from realsyn.io.readers.base import base_name, doc_id, folder_lookup, memo, read_file, resolve_relative, skip
-from realsyn.io.readers.html import page_items
+from realsyn.io.readers.html import page_items, split_chapters
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 
@@ -38,8 +39,15 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
             skip({"too_large": "oversized_document", "unreadable": "unreadable_document"}.get(reason, reason),
                  "skipping %s: %s", root / rel, exc)
             continue
-        page = page_items(data, partial(resolve_relative, base=rel, lookup=memo(lookup)), policy, where=root / rel)
-        if page is not None:
-            yield Document(doc_id(name, rel), rel, page[1], page[0])
+        page = page_items(data, partial(resolve_relative, base=rel, lookup=memo(lookup)), policy, where=root / rel,
+                          chapters=True)
+        if page is None:
+            continue
+        chapters = split_chapters(page[1])
+        if len(chapters) == 1:
+            yield Document(doc_id(name, rel), rel, chapters[0], page[0])
+            continue
+        for k, items in enumerate(chapters):  # a book: one document per chapter
+            yield Document(doc_id(name, f"{rel}#{k}"), f"{rel}#{k}", items, page[0])
     for link in (x for x in links if x.is_dir() or x.suffix.lower() in HTML_SUFFIXES):
         skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)
