@@ -120,7 +120,10 @@ class LocalExecutor(Executor):
 
     def _death(self, parts: list[int]) -> str:
         """One line on a worker that died: the stage, the parts in flight, the signal and its likely cause."""
-        codes = [p.exitcode for p in (getattr(self._pool, "_processes", None) or {}).values()]
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        for p in procs:  # the pool terminates the others; reap them so that every exit code is known
+            p.join(timeout=2.0)
+        codes = [p.exitcode for p in procs]
         sig = next((-c for c in codes if c is not None and c < 0 and -c != signal.SIGTERM), None)
         how = f"killed by {signal.Signals(sig).name}" if sig else "it ended abruptly"
         likely = "; likely out of memory: lower runtime.workers or models.batch_mib" if sig in (None, signal.SIGKILL) else ""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,9 +32,16 @@ class GenerationCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)  # autocommit; explicit transactions
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        self.conn.execute(_SCHEMA)
+        for attempt in range(100):  # switching to WAL can fail at once with "database is locked" while
+            try:                    # another worker opens the file (SQLite skips the busy handler there)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+                self.conn.execute(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05 * (1 + attempt % 10))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         """The cached texts of the keys that have one."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from urllib.parse import urljoin
 
 from lxml import etree
 
@@ -93,8 +94,18 @@ def page_items(html: bytes, resolve: Resolver, policy: ReadPolicy, encoding: str
             skip("undecodable_page", "%s: skipping a page whose text encoding cannot be detected", where)
             return None
         return None, []
+    if web and (base := _base_href(root)):
+        page_resolve = resolve
+        resolve = lambda src: page_resolve(urljoin(base, src.strip()))  # noqa: E731
     items = _Walker(resolve, chapters).run(root)
     return _title(root), main_content(root, items) if policy.main_content_for(web) else items
+
+
+def _base_href(root: etree._Element) -> str | None:
+    """The page's `<base href>` when it is an absolute http(s) URL (image URLs resolve against it)."""
+    el = root.find(".//{*}base")
+    href = (el.get("href") or "").strip() if el is not None else ""
+    return href if href[:8].lower().startswith(("http://", "https://")) else None
 
 
 def split_chapters(items: list[Item], min_chars: int = CHAPTER_MIN_CHARS) -> list[list[Item]]:
