@@ -367,11 +367,8 @@ def sentence_reason(text: str, *, min_words: int = 3, max_words: int = 81,
         return "has_emoji"
     if reject_url and has_url(text):
         return "has_url"
-    n = len(text.split())
-    if n < min_words:
-        return "too_few_words"
-    if n > max_words:
-        return "too_many_words"
+    if (reason := _length_reason(text, min_words, max_words)) is not None:
+        return reason
     if cat:
         reason = cat_check(text)
         if reason is not None:
@@ -401,12 +398,12 @@ def caption_reason(text: str, *, min_words: int = 2, max_words: int = 81, reject
         return "placeholder"
     if _CAPTION_BOILERPLATE.search(text):
         return "boilerplate"
+    return _length_reason(text, min_words, max_words)
+
+
+def _length_reason(text: str, min_words: int, max_words: int) -> str | None:
     n = len(text.split())
-    if n < min_words:
-        return "too_few_words"
-    if n > max_words:
-        return "too_many_words"
-    return None
+    return "too_few_words" if n < min_words else "too_many_words" if n > max_words else None
 
 
 # --------------------------------------------------------------------------------------------
