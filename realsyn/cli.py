@@ -116,6 +116,11 @@ def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None
         with ctx.executor:
             counts = pipeline.run(ctx, until)
         typer.echo(json.dumps(counts, indent=2))
+        for scale in sorted(p for p in (ctx.ws.dir("export")).glob("*") if p.is_dir()) if "export" in counts else []:
+            typer.echo(f"shards ({scale.name}): {scale.resolve()}/", err=True)
+        if "report" in counts:
+            typer.echo(f"report: {(ctx.ws.dir('report') / 'index.html').resolve()}", err=True)
+        typer.echo(f"workspace: {ctx.ws.name} (realsyn status {ctx.ws.name})", err=True)
 
     _guard(go)
 
@@ -226,11 +231,7 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
     from realsyn.demo import materialize
 
     corpus = materialize(out / "corpus")
-    _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet)
-    typer.echo(f"demo workspace: {out / 'work'}", err=True)
-    report = out / "work" / "report" / "index.html"
-    if report.exists():
-        typer.echo(f"report: {report.resolve()}", err=True)
+    _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet)  # ends with the paths
 
 
 from realsyn.train.commands import register as _register_train
