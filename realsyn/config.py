@@ -152,6 +152,7 @@ class BalanceConfig(_Section):
 
 class ExportConfig(_Section):
     samples_per_shard: int = Field(10_000, ge=1, le=1_000_000, description="Samples per tar shard (img2dataset's default); key = shard * 10^ceil(log10(samples_per_shard)) + index, 9 digits by default.")
+    image_format: Literal["jpg", "keep"] = Field("jpg", description="`jpg`: every image of an export is a JPEG (`KEY.jpg`; JPEG originals written as they are, others re-encoded at jpeg_quality), so every loader sees one image column: HF `datasets` reads a WebDataset shard's image column from its first sample's extension and drops rows that lack it. `keep`: original formats (jpg, png, webp per keep_formats), as img2dataset's skip_reencode.")
     reencode: bool = Field(False, description="Re-encode every image to JPEG. Off: the original bytes are written (RealSyn's recipe: img2dataset's skip_reencode), except images that are resized or whose format is not in keep_formats.")
     keep_formats: list[Literal["jpg", "png", "webp", "gif", "bmp", "tiff"]] = Field(default_factory=lambda: ["jpg", "png", "webp"], description="Formats written as they are; other images are re-encoded to JPEG (OpenCLIP reads only jpg, jpeg, png and webp).")
     resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = Field("no", description="img2dataset's resize: `no`; `keep_ratio` (shorter side = image_size); `center_crop` (keep_ratio, then the central square); `border` (longer side = image_size, padded to a white square). Resized images are JPEG.")

@@ -316,6 +316,19 @@ def test_released_parquet(done, work):
         assert t.num_rows == done["export"][scale]["kept"] and all(str(u).startswith("https://") for u in t["raw_image_url"].to_pylist())
 
 
+def test_hf_datasets_and_webdataset_read_every_row(done, work):
+    """The real HF `datasets` WebDataset loader and `webdataset` read the same rows from every
+    scale, one image column (`jpg`) in every row (mixed formats would lose rows in `datasets`)."""
+    import webdataset
+    from datasets import load_dataset
+
+    for scale, sizes in ((s, json.loads((work / "export" / s / "sizes.json").read_text())) for s in done["export"]):
+        ds = load_dataset("webdataset", data_files={"train": _tars(work, scale)}, split="train")
+        assert ds.num_rows == sum(sizes.values()) == sum(1 for _ in webdataset.WebDataset(_tars(work, scale), shardshuffle=False))
+        assert "jpg" in ds.column_names and "png" not in ds.column_names
+        assert all(row["jpg"] is not None and row["json"]["text1"] for row in ds)
+
+
 def test_rerunning_export_does_no_work(done, work):
     ctx = done["ctx"]
     before = {p: p.stat().st_mtime_ns for p in (work / "export").rglob("*")}
@@ -333,7 +346,12 @@ def test_export_failures_formats_and_resize(work, tmp_path):
     status = {m["image_id"]: m["status"] for m in meta}
     assert status[NO_BLOB] == "failed_to_download" and status[BAD_BYTES] == "failed_to_resize"
     formats = Counter(m["format"] for m in meta if m["status"] == "success")
-    assert set(formats) == {"jpg", "png", "webp"}  # GIFs re-encoded: OpenCLIP reads no gif
+    assert set(formats) == {"jpg"}  # export.image_format: jpg (the default): one image column for every loader
+    keep = context(root, **{"balance.band": "off", "balance.scales": {"all": 1000}, "export.image_format": "keep"})
+    export.run(keep, export.stage_key(keep))
+    meta = [r for p in sorted((root / "export" / "all").glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
+    formats = Counter(m["format"] for m in meta if m["status"] == "success")
+    assert set(formats) == {"jpg", "png", "webp"}  # keep: originals; GIFs re-encoded: OpenCLIP reads no gif
 
     crop = context(root, **{"balance.band": "off", "balance.scales": {"all": 1000}, "export.resize_mode": "center_crop",
                             "export.image_size": 64})
@@ -349,10 +367,10 @@ def test_resize_modes(mode, expected):
 
     buf = io.BytesIO()
     Image.new("RGB", (300, 200), (200, 30, 30)).save(buf, "PNG")
-    out = encode_image(buf.getvalue(), ExportConfig(resize_mode=mode, image_size=64))
+    out = encode_image(buf.getvalue(), ExportConfig(resize_mode=mode, image_size=64, image_format="keep"))
     assert (out.width, out.height) == expected == Image.open(io.BytesIO(out.data)).size
     assert out.ext == ("png" if mode == "no" else "jpg") and (out.data == buf.getvalue()) == (mode == "no")
-    small = encode_image(buf.getvalue(), ExportConfig(resize_mode=mode, image_size=1000))
+    small = encode_image(buf.getvalue(), ExportConfig(resize_mode=mode, image_size=1000, image_format="keep"))
     assert small.data == buf.getvalue()  # resize_only_if_bigger: left as it is
 
 

@@ -23,7 +23,8 @@ NAME and recorded as ALIAS (two sources may have a column of the same name)."""
 METADATA: dict[str, Source] = {
     "pairs": ("retrieve/pairs", ("doc_id", "texts", "sims")),
     "synth": ("synth", ("caption>generated_caption", "tags", "syn_text")),
-    "images": ("extract/images", ("url", "source", "width", "height", "format", "alt", "caption>figure_caption")),
+    "images": ("extract/images", ("url", "source", "width", "height", "format", "alt", "caption>figure_caption",
+                                  "path")),
 }
 BLOBS: Source = ("extract/blobs", ("data",))
 

@@ -72,7 +72,7 @@ def encode_image(data: bytes, opts: ExportConfig) -> Encoded:
     Raises OSError / ValueError for data that is not a readable image."""
     with Image.open(io.BytesIO(data)) as probe:
         ext, (w, h) = PIL_EXTENSIONS.get(probe.format or ""), probe.size
-    keep = not opts.reencode and ext in opts.keep_formats
+    keep = not opts.reencode and ext in opts.keep_formats and (opts.image_format == "keep" or ext == "jpg")
     if keep and opts.resize_mode == "no":
         return Encoded(data, ext, w, h, w, h)
     image = decode_rgb(data)

@@ -37,13 +37,14 @@ NAME = "export"
 _TEXTS = ("text1", "text2", "text3", "syn_text")
 META_SCHEMA = pa.schema([
     ("key", pa.string()), ("image_id", pa.string()), ("doc_id", pa.string()), ("url", pa.string()),
+    ("raw_image_url", pa.string()),
     ("source", pa.string()), *((t, pa.string()) for t in _TEXTS), ("generated_caption", pa.string()),
     ("figure_caption", pa.string()), ("alt", pa.string()),
     ("tags", pa.list_(pa.string())), ("sims", pa.list_(pa.float32())), ("cluster", pa.int32()), ("sim", pa.float32()),
     ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
     ("format", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
 ])
-RELEASED = {"raw_image_url": "url", "text1": "text1", "text2": "text2", "text3": "text3", "syn_text": "syn_text",
+RELEASED = {"raw_image_url": "raw_image_url", "text1": "text1", "text2": "text2", "text3": "text3", "syn_text": "syn_text",
             "image_id": "image_id", "doc_id": "doc_id"}  # released column -> metadata column
 FAILURES = ("failed_to_download", "failed_to_resize")  # img2dataset's names: no bytes / not decodable
 
@@ -64,7 +65,9 @@ def stage_key(ctx: Context) -> str:
 def _meta(rec: dict[str, Any], key: str) -> dict[str, Any]:
     """The metadata of one sample (KEY.json, and a row of the shard's parquet)."""
     texts = [t or "" for t in (rec["texts"] or [])][:3] + [""] * 3
+    local = f"{rec['source']}#{rec['path']}" if rec.get("path") else rec["source"]
     return {"key": key, "image_id": rec["image_id"], "doc_id": rec["doc_id"] or "", "url": rec["url"],
+            "raw_image_url": rec["url"] or local,
             "source": rec["source"] or "", "text1": texts[0], "text2": texts[1], "text3": texts[2],
             "syn_text": rec["syn_text"] or "", "generated_caption": rec["generated_caption"] or "",
             "figure_caption": rec["figure_caption"] or "", "alt": rec["alt"] or "",

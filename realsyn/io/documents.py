@@ -34,6 +34,8 @@ class Item:
     caption: str | None = None
     error: str | None = None
     role: str | None = None
+    path: str | None = None
+    """Where a local image was found: its path inside the input (archive member, file)."""
 
 
 @dataclass

@@ -152,7 +152,7 @@ def resolve_relative(src: str, base: str, lookup: Lookup) -> Item | None:
             log.warning("cannot read %s: %s", cand, exc)
             return Item("image", error="unreadable")
         if data is not None:
-            return Item("image", data=data)
+            return Item("image", data=data, path=cand)
     return Item("image", error="outside_input" if None in cands else "missing")
 
 

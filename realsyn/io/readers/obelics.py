@@ -64,6 +64,7 @@ def image_item(value: Any, folder: Path, policy: ReadPolicy = DEFAULT) -> Item |
     for cand in dict.fromkeys((src, unquote(src))):
         item = file_item(folder / cand, folder, policy)  # an absolute `cand` replaces `folder`
         if item.error != "missing":
+            item.path = cand if item.data is not None else None
             break
     return item
 
