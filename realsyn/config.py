@@ -74,6 +74,8 @@ class ModelsConfig(_Section):
 class EmbedConfig(_Section):
     dtype: Literal["float16", "float32"] = Field("float16", description="Storage type of the embeddings (float16 halves disk and I/O; cosine error ~1e-3).")
     image_dedup_threshold: float = Field(0.98, gt=0, le=1.0001, description="Semantic dedup: images whose embeddings have cosine >= this are duplicates (choice for `bridge`; the paper's value for EVA02-CLIP is unpublished). > 1 disables.")
+    image_dedup_phash: Literal["auto", "on", "off"] = Field("auto", description="Semantic image duplicates must also be near in pHash (at most image_dedup_phash_bits differing bits): `auto` = on for the `bridge` model, whose ImageNet-class vectors make distinct photos of one class near-identical (at 0.98 it paired different vessels of one book); `on`; `off` (a real CLIP's semantic duplicates are redundant images, SemDeDup's intent).")
+    image_dedup_phash_bits: int = Field(16, ge=0, le=64, description="With the pHash gate: most differing bits of two duplicates' 64-bit pHash (re-encodes and resizes differ by 0-4, crops and small edits by up to ~16, distinct photos by ~32).")
     sentence_dedup_threshold: float = Field(0.95, gt=0, le=1.0001, description="Semantic dedup: sentences whose embeddings have cosine >= this are duplicates (paraphrases). > 1 disables.")
 
 

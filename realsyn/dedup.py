@@ -97,8 +97,15 @@ def similar_pairs(emb: np.ndarray, threshold: float, exact_limit: int = 200_000,
     return rows[keep], labels[keep].astype(np.int64)
 
 
-def semantic_duplicates(emb: np.ndarray, threshold: float, seed: int = 0) -> np.ndarray:
+def semantic_duplicates(emb: np.ndarray, threshold: float, seed: int = 0, phash: np.ndarray | None = None,
+                        max_phash: int = 64) -> np.ndarray:
     """For each row, the first row of its group of neighbours above `threshold` (itself when it
-    is the one kept). Memory: the embeddings (n x d float32) plus the pairs found."""
+    is the one kept). With `phash` (int64 per row), a pair counts only if its perceptual hashes
+    also differ in at most `max_phash` bits. Memory: the embeddings (n x d float32) plus the
+    pairs found."""
     a, b = similar_pairs(emb, threshold, seed=seed)
+    if phash is not None and len(a):
+        bits = np.unpackbits((phash[a] ^ phash[b]).view(np.uint8).reshape(len(a), 8), axis=1).sum(axis=1)
+        keep = bits <= max_phash
+        a, b = a[keep], b[keep]
     return cluster_keep_first(len(emb), a, b)

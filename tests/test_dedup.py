@@ -36,3 +36,29 @@ def test_near_duplicate_pairs_match_brute_force():
     brute = {(i, j) for i in range(300) for j in range(i + 1, 300) if bin(int(u[i] ^ u[j])).count("1") <= 3}
     a, b = near_duplicate_pairs(h, 3)
     assert {(int(x), int(y)) for x, y in zip(a, b)} == brute
+
+
+def test_bridge_image_dedup_false_duplicates_on_distinct_photos(data_dir, report):
+    """Distinct real photos of one class (CIFAR-10 test folders): under the `bridge` model their
+    vectors are ImageNet-class probabilities, so cosine >= 0.98 pairs many different photos; the
+    pHash gate (on by default for the bridge) keeps such pairs apart."""
+    from realsyn.dedup import semantic_duplicates
+    from realsyn.extract.images import inspect_image
+    from realsyn.models import load
+
+    model = load("joint", "bridge", "cpu")
+    rates = {}
+    for cls in ("ship", "automobile", "airplane", "horse"):
+        files = sorted((data_dir / "cifar10" / "test" / cls).glob("*.jpg"))
+        data = [f.read_bytes() for f in files]
+        emb = model.embed_images(data)
+        phash = np.array([inspect_image(d, min_side=1, min_aspect=0.01, max_aspect=100).phash for d in data], np.int64)
+        plain = semantic_duplicates(emb, 0.98)
+        gated = semantic_duplicates(emb, 0.98, phash=phash, max_phash=16)
+        rates[cls] = (int((plain != np.arange(len(data))).sum()), int((gated != np.arange(len(data))).sum()), len(data))
+    report("bridge image dedup at 0.98 on distinct CIFAR-10 photos (removed without / with pHash gate, of n): " +
+           ", ".join(f"{c} {a}/{b} of {n}" for c, (a, b, n) in rates.items()))
+    removed_plain = sum(a for a, _, _ in rates.values())
+    removed_gated = sum(b for _, b, _ in rates.values())
+    total = sum(n for _, _, n in rates.values())
+    assert removed_gated / total <= 0.01 and removed_gated < removed_plain

@@ -92,10 +92,20 @@ def stage_key(ctx: Context) -> str:
     return f"{ctx.cfg.section_hash('embed', 'models.joint')}-{extract.stage_key(ctx)}"
 
 
-def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int) -> Counter:
+def _phash_gate(ctx: Context, n_parts: int) -> np.ndarray | None:
+    """pHash of every kept image in embed row order when the config gates image dedup by it."""
+    gate, joint = ctx.cfg.embed.image_dedup_phash, ctx.cfg.models.joint
+    if gate == "off" or (gate == "auto" and joint.split(":")[0] != "bridge"):
+        return None
+    return np.concatenate([kept_rows(ctx.ws.dir(extract.NAME), "images", i, ["phash"])["phash"].fill_null(0)
+                           .to_numpy().astype(np.int64) for i in range(n_parts)] or [np.zeros(0, np.int64)])
+
+
+def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int, phash: np.ndarray | None = None,
+           max_phash: int = 64) -> Counter:
     id_col = KINDS[kind]
     ids, emb = read_embeddings([out / kind / part_name(i) for i in range(n_parts)], id_col)
-    group = semantic_duplicates(emb, threshold, seed) if threshold <= 1 else np.arange(len(ids))
+    group = semantic_duplicates(emb, threshold, seed, phash, max_phash) if threshold <= 1 else np.arange(len(ids))
     dup = group != np.arange(len(ids))
     table = pa.table({
         id_col: pa.array(ids, pa.string()),
@@ -118,7 +128,8 @@ def run(ctx: Context, key: str) -> dict:
     tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
                    cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo]
     ctx.executor.run(_process, tasks, "embed", "items")
-    counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed)),
+    counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed,
+                                         _phash_gate(ctx, n_parts), cfg.embed.image_dedup_phash_bits)),
               "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
     ws.finish(NAME, counts, time.time() - started)
     return counts
