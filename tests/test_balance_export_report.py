@@ -385,7 +385,7 @@ def test_tar_writer_refuses_unsafe_names(tmp_path):
 
 # --- report ----------------------------------------------------------------------------------
 
-SECTIONS = ("scales", "funnel", "similarity", "tokens", "entities", "topics", "clusters", "gallery")
+SECTIONS = ("scales", "funnel", "similarity", "tokens", "entities", "topics", "clusters", "retrieval", "gallery")
 
 
 def test_assessments_on_texts():

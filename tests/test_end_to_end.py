@@ -120,7 +120,7 @@ def test_synthetic_texts_on_the_real_corpus(work, report):
 
 def test_report_has_every_section(work):
     text = (work / "report" / "index.html").read_text()
-    for section in ("scales", "funnel", "similarity", "tokens", "entities", "topics", "clusters", "gallery"):
+    for section in ("scales", "funnel", "similarity", "tokens", "entities", "topics", "clusters", "retrieval", "gallery"):
         assert f'<section id="{section}">' in text, section
 
 

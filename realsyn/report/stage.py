@@ -109,6 +109,59 @@ def _funnel(ctx: Context) -> str:
                    table(["stage", "items", "read", "kept", "rejected", "rejection reasons"], body))
 
 
+def _reused_texts(ctx: Context, top: int = 10) -> list[list[Any]]:
+    """The texts that are R1 of the most images (R1 counts merged part by part; the counter holds
+    one entry per distinct R1 text, ~100 bytes each)."""
+    counts: dict[str, int] = {}
+    texts: dict[str, str] = {}
+    for path in ctx.ws.parts("retrieve", "pairs"):
+        t = pq.read_table(path, columns=["text_ids", "texts"])
+        t = t.filter(pc.greater(pc.list_value_length(t["text_ids"]), 0))
+        if not t.num_rows:
+            continue
+        first = pc.list_element(t["text_ids"], 0)
+        for row in pc.value_counts(first).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+        for tid, text in zip(first.to_pylist(), pc.list_element(t["texts"], 0).to_pylist()):
+            if counts[tid] > 1:
+                texts.setdefault(tid, text)
+    best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [[n, texts.get(tid, "")] for tid, n in best if n > 1]
+
+
+def _rejected_examples(ctx: Context, per_reason: int = 3) -> list[list[Any]]:
+    """Up to `per_reason` examples of every rejection reason of extract's sentences and images."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for table, show in (("sentences", "text"), ("images", "source")):
+        for path in ctx.ws.parts("extract", table):
+            names = pq.read_schema(path).names
+            t = pq.read_table(path, columns=[c for c in ("reason", show, "url", "path") if c in names])
+            if "reason" not in names:
+                continue
+            for row in t.filter(pc.is_valid(t["reason"])).to_pylist():
+                seen = out.setdefault((table, row["reason"]), [])
+                if len(seen) < per_reason:
+                    where = f"{row.get(show)}#{row['path']}" if row.get("path") else row.get(show)
+                    seen.append(str(row.get("url") or where)[:200])
+    return [[table, reason, " | ".join(ex)] for (table, reason), ex in sorted(out.items())]
+
+
+def _retrieval(ctx: Context) -> str:
+    """Retrieval diagnostics: recall, same-document share, reused texts, guard fallbacks, and
+    examples of what the filters rejected."""
+    rc = ctx.ws.stage("retrieve").get("counts", {})
+    sc = ctx.ws.stage("synth").get("counts", {})
+    facts = [["recall@k of the hierarchical search vs exact", rc.get("recall_at_k")],
+             ["share of texts from the image's own document", rc.get("same_doc_fraction")],
+             ["scope", rc.get("scope")], ["similarity spread of the encoder (bonus unit)", rc.get("sim_spread")],
+             ["synthetic texts replaced by the guard's fallback", sum((sc.get("fallbacks") or {}).values())]]
+    return section("retrieval", "Retrieval and filter diagnostics", table(["", "value"], facts),
+                   table(["images with it as R1", "most reused texts"], _reused_texts(ctx)),
+                   table(["table", "reason", "examples"], _rejected_examples(ctx)),
+                   note("A text that is R1 of many images is a candidate for retrieve.max_uses or a filter; the "
+                        "examples show what each extract filter removed."))
+
+
 def _similarity(ctx: Context, scale: str, s1: np.ndarray) -> str:
     band = ctx.ws.stage(balance.NAME).get("counts", {}).get("band", {})
     pool = pq.read_table(ctx.ws.dir(balance.NAME) / "pairs.parquet", columns=["sim", "reason"])
@@ -225,7 +278,8 @@ def build(ctx: Context) -> str:
     texts = sample_rows(released, ["image_id", "text1", "syn_text"], cfg.report.sample, cfg.runtime.seed)
     r1, s1 = [t or "" for t in texts["text1"].to_pylist()], [t or "" for t in texts["syn_text"].to_pylist()]
     sections = [_overview(ctx, scale), _funnel(ctx), _similarity(ctx, scale, _s1_sims(ctx, scale, texts)),
-                _tokens(r1, s1), _entities(r1, s1), _topics(ctx, r1, s1), _clusters(ctx), _gallery(ctx, scale)]
+                _tokens(r1, s1), _entities(r1, s1), _topics(ctx, r1, s1), _clusters(ctx), _retrieval(ctx),
+                _gallery(ctx, scale)]
     intro = note(f"Workspace {ctx.ws.name}; assessments on scale {scale}, {texts.num_rows:,} sampled pairs "
                  f"(seed {cfg.runtime.seed}). R1 = best realistic text, S1 = synthetic text.")
     return page("RealSyn dataset report", intro, sections)
