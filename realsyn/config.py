@@ -52,6 +52,7 @@ class SentenceFilters(_Section):
 
 class ExtractConfig(_Section):
     docs_per_part: int = Field(64, ge=1, le=100_000, description="Documents per work part: the unit of parallelism, resume and output files.")
+    items_per_part: int = Field(1000, ge=1, le=10_000_000, description="A part also closes once its documents hold this many items (paragraphs and images), so that long documents (books, long articles) spread over the workers: three books make three or more parts, not one.")
     main_content: Literal["auto", "on", "off"] = Field("auto", description="Keep only the prose of a page's main content, dropping navigation, facet and footer text (trafilatura, as datatrove uses; images keep their positions): `on` for every HTML page, `off`, or `auto` = on for web archives (.warc), off for ZIM, EPUB and HTML folders, whose pages are edited content.")
     follow_symlinks: bool = Field(False, description="Follow symbolic links inside an input folder that point outside it (off: such a link is passed over and counted as `outside_input`).")
     max_item_mib: int = Field(64, ge=1, le=4096, description="Largest unit read from an input, in MiB: an image file, a zip (EPUB) member, a ZIM entry, a WARC record, a parquet cell. A larger image is rejected as `too_large` without being inflated.")

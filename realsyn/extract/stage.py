@@ -91,14 +91,17 @@ def _process(task: _Task) -> int:
 
 
 def _chunks(inputs: Iterable[Path], cfg: ExtractConfig) -> Iterator[list[Document]]:
+    """Documents in parts of at most `docs_per_part` documents and about `items_per_part` items
+    (a part closes once it reaches either), so that a few long books still make several parts."""
     buf: list[Document] = []
-    size, policy = cfg.docs_per_part, from_config(cfg)
+    items, policy = 0, from_config(cfg)
     for path in inputs:
         for doc in read_documents(path, policy):
             buf.append(doc)
-            if len(buf) == size:
+            items += len(doc.items)
+            if len(buf) == cfg.docs_per_part or items >= cfg.items_per_part:
                 yield buf
-                buf = []
+                buf, items = [], 0
     if buf:
         yield buf
 
