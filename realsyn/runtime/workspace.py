@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import time
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from realsyn.errors import UserError
 from realsyn.io.policy import ReadPolicy, walk_files
 from realsyn.runtime import mirror
 from realsyn.runtime.mirror import INPUTS, TMP_MARK, is_url, local_path
+
 FOLLOW = ReadPolicy(follow_symlinks=True)
 _FAULT_WRITES = [0]
 
@@ -126,6 +128,14 @@ def input_copy(path: Path, work: Path) -> str | None:
     return rel.as_posix() if rel.parts[:1] == (INPUTS,) else None
 
 
+def _ends_crc(path: Path, size: int, span: int = 1 << 16) -> int:
+    """CRC-32 of a file's first and last `span` bytes (a parquet footer, a tar's last members)."""
+    with path.open("rb") as f:
+        head = f.read(span)
+        f.seek(max(0, size - span))
+        return zlib.crc32(f.read(span), zlib.crc32(head))
+
+
 class WorkspaceError(UserError):
     """The workspace cannot be used as it is (not a workspace, in use, damaged manifest)."""
 
@@ -205,26 +215,35 @@ class Workspace:
         return m
 
     def _files(self, name: str) -> dict[str, list[int]]:
-        """Size and modification time of every file of a stage's folder that the store keeps."""
+        """[size, mtime, ends checksum] of every file of a stage's folder that the store keeps."""
         d, out = self.dir(name), {}
         for p in sorted(walk_files(d)) if d.exists() else []:
             rel = p.relative_to(self.root).as_posix()
             if mirror.mirrored(rel):
                 st = p.stat()
-                out[p.relative_to(d).as_posix()] = [st.st_size, st.st_mtime_ns]
+                out[p.relative_to(d).as_posix()] = [st.st_size, st.st_mtime_ns, _ends_crc(p, st.st_size)]
         return out
 
     def damaged(self, name: str) -> list[str]:
-        """Files of a finished stage that were deleted or changed since it finished. With a URL
-        workspace the store is checked, by size (a downloaded copy has a new mtime)."""
+        """Files of a finished stage that were deleted or changed since it finished: another size,
+        or another mtime and other first/last 64 KiB (a copy of the workspace keeps its content,
+        so it is not damaged). With a URL workspace the sizes in the store are compared."""
         recorded = self.stage(name).get("files")
         if not isinstance(recorded, dict):
             return []
         if self.mirror is not None:
             sizes = self.mirror._listing(name)
             return sorted(rel for rel, stat in recorded.items() if sizes.get(f"{name}/{rel}") != stat[0])
-        now = self._files(name)
-        return sorted(rel for rel, stat in recorded.items() if now.get(rel) != stat)
+        d, out = self.dir(name), []
+        for rel, (size, mtime, crc) in sorted(recorded.items()):
+            try:
+                st = (d / rel).stat()
+            except OSError:
+                out.append(rel)
+                continue
+            if st.st_size != size or (st.st_mtime_ns != mtime and _ends_crc(d / rel, size) != crc):
+                out.append(rel)
+        return out
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.manifest()["stages"].get(name, {})
