@@ -154,10 +154,14 @@ class FakeServer:
                     server.peak = max(server.peak, server.in_flight)
                     failing = server.fail > 0
                     server.fail -= failing
+                done = False
                 try:
                     time.sleep(server.delay)
                     status, answer = (500, {"error": "boom"}) if failing else server.answer(self.path, body)
                     data = json.dumps(answer).encode()
+                    with server.lock:  # no longer in flight before the client can see the answer
+                        server.in_flight -= 1
+                        done = True
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -166,8 +170,9 @@ class FakeServer:
                 except OSError:  # the client gave up (timeout test)
                     pass
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if not done:
+                        with server.lock:
+                            server.in_flight -= 1
 
             def log_message(self, *args: object) -> None:
                 pass
