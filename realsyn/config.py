@@ -50,6 +50,11 @@ class SentenceFilters(_Section):
     max_perplexity: float = Field(200.0, ge=0, description="Upper perplexity bound (paper: 200).")
 
 
+def _switch(value: Any) -> Any:
+    """YAML reads a bare on / off as true / false: take them back as the words."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class ExtractConfig(_Section):
     docs_per_part: int = Field(64, ge=1, le=100_000, description="Documents per work part: the unit of parallelism, resume and output files.")
     items_per_part: int = Field(1000, ge=1, le=10_000_000, description="A part also closes once its documents hold this many items (paragraphs and images), so that long documents (books, long articles) spread over the workers: three books make three or more parts, not one.")
@@ -59,6 +64,8 @@ class ExtractConfig(_Section):
     max_document_mib: int = Field(16, ge=1, le=4096, description="Largest page body (HTML/XHTML, decoded) and largest total text of one document, in MiB; a larger document is skipped as `oversized_document`. Real pages and books are far below this; it bounds memory per document (lxml needs ~10-50x the page size).")
     images: ImageFilters = Field(default_factory=ImageFilters)
     sentences: SentenceFilters = Field(default_factory=SentenceFilters)
+
+    _main_content = field_validator("main_content", mode="before")(classmethod(lambda cls, v: _switch(v)))
 
 
 class ModelsConfig(_Section):
@@ -78,6 +85,8 @@ class EmbedConfig(_Section):
     image_dedup_phash: Literal["auto", "on", "off"] = Field("auto", description="Semantic image duplicates must also be near in pHash (at most image_dedup_phash_bits differing bits): `auto` = on for the `bridge` model, whose ImageNet-class vectors make distinct photos of one class near-identical (at 0.98 it paired different vessels of one book); `on`; `off` (a real CLIP's semantic duplicates are redundant images, SemDeDup's intent).")
     image_dedup_phash_bits: int = Field(16, ge=0, le=64, description="With the pHash gate: most differing bits of two duplicates' 64-bit pHash (re-encodes and resizes differ by 0-4, crops and small edits by up to ~16, distinct photos by ~32).")
     sentence_dedup_threshold: float = Field(0.95, gt=0, le=1.0001, description="Semantic dedup: sentences whose embeddings have cosine >= this are duplicates (paraphrases). > 1 disables.")
+
+    _phash = field_validator("image_dedup_phash", mode="before")(classmethod(lambda cls, v: _switch(v)))
 
 
 class RetrieveConfig(_Section):

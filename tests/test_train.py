@@ -138,8 +138,10 @@ def test_eval_hf_model_folder(tmp_path: Path, data_dir: Path) -> None:
 def export(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A small export of the Ray Charles ZIM (template LLM, no perplexity filter): ~66 samples."""
     work = tmp_path_factory.mktemp("train") / "work"
+    # the pHash gate of image dedup (on for the bridge) keeps 81 samples, look-alike album covers
+    # among them; without it 66, the data this test's figures were measured on
     code, out = cli("run", ZIM, "--out", work, "--until", "export", "--workers", "1", "--quiet",
-                    *sets("extract.sentences.perplexity=false", "models.llm=template"))
+                    *sets("extract.sentences.perplexity=false", "models.llm=template", "embed.image_dedup_phash=off"))
     assert code == 0, out
     folder = work / "export" / "100M"
     assert json.loads((folder / "sizes.json").read_text())["00000.tar"] >= 40
