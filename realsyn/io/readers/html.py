@@ -128,9 +128,10 @@ def split_chapters(items: list[Item], min_chars: int = CHAPTER_MIN_CHARS) -> lis
 
 _WORD = re.compile(r"\w+")
 _UI_TEXT = re.compile(r"\b(?:apply|remove|clear|reset)\b[^.]{0,60}\bfilters?\b|^\W*(?:skip|jump) to (?:main )?content|"
-                      r"^\W*back to top\W*$|^\W*(?:read|show|load|see) (?:more|all)\W*$|\bcookie (?:policy|settings)\b",
-                      re.I)
-"""Labels of page controls that main-content extraction may leave in (facets, skip links)."""
+                      r"^\W*back to top\W*$|^\W*(?:read|show|load|see) (?:more|all)\W*$|\bcookies?\b|"
+                      r"\btracks? (?:users?|visitors?)\b|\b(?:accept|reject) all\b", re.I)
+"""Labels of page controls that main-content extraction may leave in (facets, skip links, cookie
+banners), dropped from web pages."""
 
 
 def main_content(root: etree._Element, items: list[Item]) -> list[Item]:
