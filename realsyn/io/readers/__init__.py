@@ -21,7 +21,7 @@ class InputError(UserError, ValueError):
 
 
 from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402  (they import InputError)
-from realsyn.io.readers.base import skip  # noqa: E402
+from realsyn.io.readers.base import skip_links  # noqa: E402
 
 
 def _container_files(folder: Path, policy: ReadPolicy = DEFAULT) -> list[Path]:
@@ -29,8 +29,7 @@ def _container_files(folder: Path, policy: ReadPolicy = DEFAULT) -> list[Path]:
     of the folder is passed over (and counted as `outside_input`) unless the policy follows it."""
     links: list[Path] = []
     files = sorted(p for p in walk_files(folder, policy, links) if _is_container(p))
-    for link in sorted(x for x in links if x.is_dir() or _is_container(x)):
-        skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)
+    skip_links(links, _is_container)
     return files
 
 

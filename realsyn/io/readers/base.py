@@ -209,6 +209,14 @@ def memo(lookup: Lookup) -> Lookup:
     return cached
 
 
+def skip_links(links: list[Path], wanted: Callable[[Path], bool]) -> None:
+    """Count the symbolic links out of an input that a walk passed over (`walk_files`), those
+    to a folder or to a file the reader would have read, as `outside_input`."""
+    for link in sorted(links):
+        if link.is_dir() or wanted(link):
+            skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)
+
+
 def file_item(path: Path, root: Path, policy: ReadPolicy = DEFAULT) -> Item:
     """An image item with the bytes of the local file `path`, which must lie inside `root` or one
     of `policy.roots`: `error='missing'` when it does not exist, `outside_input` / `not_a_file` /

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
-from realsyn.io.readers.base import base_name, doc_id, folder_lookup, memo, read_file, resolve_relative, skip
+from realsyn.io.readers.base import base_name, doc_id, folder_lookup, memo, read_file, resolve_relative, skip, skip_links
 from realsyn.io.readers.html import page_items, split_chapters
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -49,5 +49,4 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
             continue
         for k, items in enumerate(chapters):  # a book: one document per chapter
             yield Document(doc_id(name, f"{rel}#{k}"), f"{rel}#{k}", items, page[0])
-    for link in (x for x in links if x.is_dir() or x.suffix.lower() in HTML_SUFFIXES):
-        skip("outside_input", "%s: not following symbolic link out of the input (extract.follow_symlinks)", link)
+    skip_links(links, lambda p: p.suffix.lower() in HTML_SUFFIXES)
