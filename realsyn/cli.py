@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -210,12 +211,31 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
             line = f"{name:9} {state:8} {st.get('seconds', 0):8.1f}s"
             if damaged:
                 line += f"  {len(damaged)} file(s) deleted or changed since it finished, e.g. {name}/{damaged[0]}: re-run to redo it"
+            if state == "running":
+                line += _progress_line(ws, name)
             for table, c in (st.get("counts") or {}).items():
                 if isinstance(c, dict) and "read" in c:
                     line += f"  {table}: {c.get('kept', 0)} kept / {c.get('read', 0)} read"
             typer.echo(line)
 
     _guard(go)
+
+
+def _progress_line(ws: Workspace, name: str) -> str:
+    """Tasks done / total, items, rate and ETA of a running stage, from its progress file."""
+    try:
+        p = json.loads(ws.progress_path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if p.get("stage") != name:
+        return ""
+    total = p.get("tasks_total")
+    line = f"  {p['desc']}: {p['tasks_done']}/{total if total is not None else '?'} tasks, {p['items']} {p['unit']}"
+    if p.get("items_per_s"):
+        line += f" ({p['items_per_s']:.1f} {p['unit']}/s"
+        line += f", ETA {p['eta_seconds']:.0f}s)" if p.get("eta_seconds") is not None else ")"
+    age = time.time() - p["updated"]
+    return line + (f", last update {age:.0f}s ago (is the run still alive?)" if age > 120 else "")
 
 
 @app.command("config")

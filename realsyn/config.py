@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -81,7 +81,9 @@ class ModelsConfig(_Section):
 
 class EmbedConfig(_Section):
     dtype: Literal["float16", "float32"] = Field("float16", description="Storage type of the embeddings (float16 halves disk and I/O; cosine error ~1e-3).")
-    image_dedup_threshold: float = Field(0.98, gt=0, le=1.0001, description="Semantic dedup: images whose embeddings have cosine >= this are duplicates (choice for `bridge`; the paper's value for EVA02-CLIP is unpublished). > 1 disables.")
+    image_dedup_threshold: Literal["auto"] | Annotated[float, Field(gt=0, le=1.0001)] = Field("auto", description="Semantic dedup: images whose embeddings have cosine >= this are duplicates. `auto` (default) calibrates it per encoder: the `image_dedup_quantile` of the cosines between a seeded sample of the kept images and their re-encoded copies (half size, JPEG 75; `embed/calibrate.py`), recorded as `embed.counts.image_dedup_threshold`. A number fixes it (the paper's value for EVA02-CLIP is unpublished); > 1 disables.")
+    image_dedup_quantile: float = Field(0.05, ge=0, le=1, description="With image_dedup_threshold = auto: the quantile of the image / re-encoded-copy cosines taken as the threshold (0.05: a pair closer than 95% of images are to their own re-upload is a duplicate).")
+    image_dedup_sample: int = Field(256, ge=1, le=100_000, description="With image_dedup_threshold = auto: kept images sampled (seeded) to calibrate it.")
     image_dedup_phash: Literal["auto", "on", "off"] = Field("auto", description="Semantic image duplicates must also be near in pHash (at most image_dedup_phash_bits differing bits): `auto` = on for the `bridge` model, whose ImageNet-class vectors make distinct photos of one class near-identical (at 0.98 it paired different vessels of one book); `on`; `off` (a real CLIP's semantic duplicates are redundant images, SemDeDup's intent).")
     image_dedup_phash_bits: int = Field(16, ge=0, le=64, description="With the pHash gate: most differing bits of two duplicates' 64-bit pHash (re-encodes and resizes differ by 0-4, crops and small edits by up to ~16, distinct photos by ~32).")
     sentence_dedup_threshold: float = Field(0.95, gt=0, le=1.0001, description="Semantic dedup: sentences whose embeddings have cosine >= this are duplicates (paraphrases). > 1 disables.")
@@ -99,6 +101,7 @@ class RetrieveConfig(_Section):
     scope: Literal["global", "document", "hybrid"] = Field("hybrid", description="Which sentences an image may get: `hybrid` (default: the best of the whole pool and of its own document, same-document sentences ranked with `doc_bonus` and `near_bonus` added), `global` (the whole pool: the paper's setting, for reproducing it), `document` (only its own document's). Departs from the paper because a document's own text (its figure captions above all) is what describes its images; with the embedded `bridge` model global search finds no caption at all.")
     doc_bonus: float = Field(0.7, ge=0, le=100, description="With scope = hybrid: added to the cosine of same-document sentences when ranking, in units of the encoder's similarity spread (the standard deviation of image-text cosines, measured on the pool at index time: `retrieve.counts.sim_spread`), so one value suits the `bridge` (spread ~0.07: +0.05 cosine) and a real CLIP alike. The stored `sims` stay raw cosines.")
     near_bonus: float = Field(4.0, ge=0, le=1000, description="With scope = document or hybrid: a same-document sentence also gets near_bonus / (its distance from the image in document items), in spread units as doc_bonus, so text next to the image, such as its figure caption (distance 1), ranks up; 0 turns it off. 4 spreads = 0.3 cosine under the `bridge` (on the Ray Charles ZIM: 11 of 11 own captions in the top 3, against 8 of 11 at 0.2).")
+    max_uses: int = Field(5, ge=0, le=2**31 - 1, description="Most images one text may serve as R1 (their first text); 0 = no cap. The images with the highest cosine keep it, the others get their next free text as R1 (the capped text stays among their texts), in deterministic rounds like MMC4's greedy assignment (`retrieve/uses.py`). Default 5: a text that is the best match of more images is mostly a generic hub sentence, not a description (on one EPUB book, one sentence was R1 of 32 of 212 images).")
     min_sim: float | None = Field(None, ge=-1, le=1, description="Drop texts whose cosine with the image is below this (an image may get fewer than k texts, or none); null = keep the top k (the paper filters later, in balancing).")
     recall_sample: int = Field(1000, ge=0, le=10_000_000, description="Images sampled (seeded) to measure recall@k of the hierarchical search against exact search, written to the manifest; 0 = skip.")
     images_per_task: int = Field(50_000, ge=1, le=100_000_000, description="Images per work task (consecutive parts are batched so each cluster's product covers many images).")

@@ -18,7 +18,9 @@ from realsyn.report import stage as report
 from realsyn.retrieve import stage as retrieve
 from realsyn.synth import stage as synth
 from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime import progress
 from realsyn.runtime.mirror import INPUTS
+from realsyn.runtime.workspace import write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,11 @@ def run_stage(ctx: Context, name: str) -> dict:
     log.info("%s: running", name)
     ctx.executor.stage = name
     ctx.ws.pull(reads(name))
-    return module.run(ctx, key)
+    progress.set_sink(lambda p: write_json({"stage": name, **p}, ctx.ws.progress_path))
+    try:
+        return module.run(ctx, key)
+    finally:
+        progress.set_sink(None)
 
 
 def run(ctx: Context, until: str | None = None) -> dict[str, dict]:

@@ -40,25 +40,48 @@ def test_near_duplicate_pairs_match_brute_force():
 
 def test_bridge_image_dedup_false_duplicates_on_distinct_photos(data_dir, report):
     """Distinct real photos of one class (CIFAR-10 test folders): under the `bridge` model their
-    vectors are ImageNet-class probabilities, so cosine >= 0.98 pairs many different photos; the
-    pHash gate (on by default for the bridge) keeps such pairs apart."""
+    vectors are ImageNet-class probabilities, so at the calibrated threshold (the default, `auto`)
+    cosine pairs many different photos; the pHash gate (on by default for the bridge) keeps such
+    pairs apart."""
     from realsyn.dedup import semantic_duplicates
+    from realsyn.embed.calibrate import copy_cosines, threshold
     from realsyn.extract.images import inspect_image
     from realsyn.models import load
 
     model = load("joint", "bridge", "cpu")
+    classes = {cls: [f.read_bytes() for f in sorted((data_dir / "cifar10" / "test" / cls).glob("*.jpg"))]
+               for cls in ("ship", "automobile", "airplane", "horse")}
+    rng = np.random.default_rng(0)  # as the stage: a seeded sample of 256 images
+    pool = [d for data in classes.values() for d in data]
+    cut = threshold(copy_cosines([pool[i] for i in rng.choice(len(pool), 256, replace=False)], model.embed_images), 0.05)
+    assert 0.9 < cut < 1
     rates = {}
-    for cls in ("ship", "automobile", "airplane", "horse"):
-        files = sorted((data_dir / "cifar10" / "test" / cls).glob("*.jpg"))
-        data = [f.read_bytes() for f in files]
+    for cls, data in classes.items():
         emb = model.embed_images(data)
         phash = np.array([inspect_image(d, min_side=1, min_aspect=0.01, max_aspect=100).phash for d in data], np.int64)
-        plain = semantic_duplicates(emb, 0.98)
-        gated = semantic_duplicates(emb, 0.98, phash=phash, max_phash=16)
+        plain = semantic_duplicates(emb, cut)
+        gated = semantic_duplicates(emb, cut, phash=phash, max_phash=16)
         rates[cls] = (int((plain != np.arange(len(data))).sum()), int((gated != np.arange(len(data))).sum()), len(data))
-    report("bridge image dedup at 0.98 on distinct CIFAR-10 photos (removed without / with pHash gate, of n): " +
-           ", ".join(f"{c} {a}/{b} of {n}" for c, (a, b, n) in rates.items()))
+    report(f"bridge image dedup at the calibrated {cut:.4f} on distinct CIFAR-10 photos (removed without / with "
+           "pHash gate, of n): " + ", ".join(f"{c} {a}/{b} of {n}" for c, (a, b, n) in rates.items()))
     removed_plain = sum(a for a, _, _ in rates.values())
     removed_gated = sum(b for _, b, _ in rates.values())
     total = sum(n for _, _, n in rates.values())
     assert removed_gated / total <= 0.01 and removed_gated < removed_plain
+
+
+def test_calibrated_threshold_tells_copies_from_distinct_photos(data_dir):
+    """The calibration's own premise on real photos: re-encoded copies sit above the threshold
+    for most images, while distinct photos of one class mostly sit below it."""
+    from realsyn.embed.calibrate import copy_cosines, reencode, threshold
+    from realsyn.models import load
+
+    model = load("joint", "bridge", "cpu")
+    data = [f.read_bytes() for f in sorted((data_dir / "cifar10" / "test" / "horse").glob("*.jpg"))]
+    copies = copy_cosines(data, model.embed_images)
+    cut = threshold(copies, 0.05)
+    assert (copies >= cut).mean() >= 0.95
+    emb = model.embed_images(data)
+    distinct = (emb @ emb.T)[np.triu_indices(len(data), 1)]
+    assert (distinct >= cut).mean() < 0.05
+    assert reencode(data[0])[:2] == b"\xff\xd8"  # a JPEG

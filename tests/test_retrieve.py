@@ -3,6 +3,7 @@ on a hand-built workspace (extract + embed tables with their column contracts)."
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from realsyn.config import load_config
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
 from realsyn.retrieve import stage as retrieve
+from realsyn.retrieve.uses import accept, move_to_front, text_keys
 from realsyn.retrieve.search import (ClusterIndex, TopK, document_topk, drop_below, exact_topk, hybrid_merge,
                                      recall_at_k, train_kmeans)
 from realsyn.runtime.context import Context
@@ -194,7 +196,7 @@ def _pairs(root: Path) -> pa.Table:
 
 def test_stage_writes_pairs_and_resumes(tmp_path):
     ctx = _fake_workspace(tmp_path, **{"retrieve.images_per_task": 80, "retrieve.sentences_per_cluster": 50,
-                                       "retrieve.scope": "global"})
+                                       "retrieve.scope": "global", "retrieve.max_uses": 0})
     counts = _run(ctx)
     t = _pairs(tmp_path)
     assert {"image_id", "doc_id", "text_ids", "texts", "sims", "cluster", "same_doc", "status"} <= set(t.column_names)
@@ -245,3 +247,55 @@ def test_stage_scopes_and_min_sim(tmp_path, scope):
         else:  # a bonus of 100 spreads ranks the image's own document first
             assert row["same_doc"] == sorted(row["same_doc"], reverse=True)
     assert counts["same_doc_fraction"] == 1.0 if scope == "document" else 0 < counts["same_doc_fraction"] < 1
+
+
+# --- retrieve.max_uses --------------------------------------------------------------------
+
+
+def test_accept_keeps_the_best_proposals_of_each_text():
+    keys = np.array([7, 7, 9, 7, 9], np.uint64)
+    sims = np.array([0.5, 0.9, 0.1, 0.5, 0.2], np.float32)
+    ok = accept(keys, sims, np.array([2, 2, 0, 2, 0]))
+    assert ok.tolist() == [True, True, False, False, False]  # 0.9, then the earlier of two 0.5
+
+
+def test_max_uses_caps_r1_and_keeps_every_text(tmp_path):
+    ctx = _fake_workspace(tmp_path, **{"retrieve.scope": "global", "retrieve.max_uses": 0,
+                                       "retrieve.sentences_per_cluster": 50})
+    _run(ctx)
+    free = _pairs(tmp_path)
+    r1 = Counter(ids[0] for ids in free["text_ids"].to_pylist() if ids)
+    assert max(r1.values()) > 1  # some sentence is the best of two images: something to cap
+
+    for cap, tmp in ((1, tmp_path / "a"), (1, tmp_path / "b")):
+        ctx = _fake_workspace(tmp, **{"retrieve.scope": "global", "retrieve.max_uses": cap,
+                                      "retrieve.sentences_per_cluster": 50, "retrieve.images_per_task": 80})
+        counts = _run(ctx)
+        capped = _pairs(tmp)
+        uses = Counter(ids[0] for ids in capped["text_ids"].to_pylist() if ids)
+        assert sum(n > cap for n in uses.values()) <= counts["max_uses_fallback"]
+        assert counts["max_uses_moved"] > 0
+        for a, b in zip(free.to_pylist(), capped.to_pylist()):  # same texts, a new R1 first, others in order
+            assert sorted(a["text_ids"]) == sorted(b["text_ids"]) and dict(zip(a["text_ids"], a["sims"])) == dict(zip(b["text_ids"], b["sims"]))
+            rest = [t for t in a["text_ids"] if t != b["text_ids"][0]] if b["text_ids"] else []
+            assert b["text_ids"][1:] == rest
+        # round 0: of the images whose best text is t, those that keep it are the closest to it
+        for text in r1:
+            rows = [(a["sims"][0], b["text_ids"][0] == text) for a, b in zip(free.to_pylist(), capped.to_pylist())
+                    if a["text_ids"] and a["text_ids"][0] == text]
+            kept, refused = [s for s, k in rows if k], [s for s, k in rows if not k]
+            if refused:
+                assert len(kept) <= cap and min(kept, default=1) >= max(refused)
+    a, b = ((tmp_path / x / retrieve.NAME / "pairs") for x in "ab")
+    assert [p.read_bytes() for p in sorted(a.glob("*"))] == [p.read_bytes() for p in sorted(b.glob("*"))]
+
+
+def test_move_to_front_is_idempotent():
+    t = pa.table({"text_ids": [["a", "b", "c"], ["d"]], "texts": [["A", "B", "C"], ["D"]],
+                  "sims": pa.array([[0.3, 0.2, 0.1], [0.5]], pa.list_(pa.float32())),
+                  "same_doc": [[True, False, False], [True]]})
+    chosen = np.r_[text_keys(["c"]), np.uint64(0)]
+    once = move_to_front(t, chosen)
+    assert once["text_ids"].to_pylist() == [["c", "a", "b"], ["d"]] and once["texts"].to_pylist()[0] == ["C", "A", "B"]
+    assert once["sims"].to_pylist()[0] == pytest.approx([0.1, 0.3, 0.2])
+    assert move_to_front(once, chosen).equals(once)

@@ -1,10 +1,11 @@
+import json
 import os
 
 import pyarrow as pa
 import pytest
 
 from realsyn.runtime.executor import LocalExecutor
-from realsyn.runtime.workspace import Workspace, atomic_path, part_name, write_table
+from realsyn.runtime.workspace import Workspace, atomic_path, part_name, write_json, write_table
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -49,3 +50,29 @@ def _square(x: int) -> int:
 def test_local_executor_runs_every_task(workers):
     with LocalExecutor(workers) as ex:
         assert sorted(ex.map(_square, iter(range(20)))) == [x * x for x in range(20)]
+
+
+def test_status_shows_tasks_done_of_a_running_stage(tmp_path, monkeypatch):
+    """`realsyn status` from another shell, while a stage runs: tasks done / total, items, rate."""
+    from realsyn.runtime import progress
+    from run_cli import realsyn
+
+    ws = Workspace(tmp_path)
+    ws.begin("embed", "some-key")
+    monkeypatch.setattr(progress, "SINK_SECONDS", 0.0)
+    progress.set_sink(lambda p: write_json({"stage": "embed", **p}, ws.progress_path))
+    seen = []
+
+    def task(n: int) -> int:
+        if n == 3:  # the third of four tasks: two are done
+            seen.append(realsyn("status", str(tmp_path)).stdout)
+        return 10 * n
+
+    try:
+        with LocalExecutor(1) as ex:
+            assert ex.run(task, [1, 2, 3, 4], "embed", "items") == 100
+    finally:
+        progress.set_sink(None)
+    line = next(x for x in seen[0].splitlines() if x.startswith("embed"))
+    assert "running" in line and "embed: 2/4 tasks, 30 items" in line and "ETA" in line, line
+    assert json.loads(ws.progress_path.read_text())["tasks_done"] == 4

@@ -3,7 +3,7 @@
 Phase 1 (one task per extract part and modality) writes `embed/images/part-N.parquet` and
 `embed/sentences/part-N.parquet`: ids and L2-normalised embeddings, row-aligned. Phase 2 is a
 global step: it loads the embeddings of one modality (n x d float32), finds neighbours above the
-configured cosine with faiss, groups them with union-find and keeps the first of each group;
+configured cosine (for images calibrated per encoder by default: `embed/calibrate.py`) with faiss, groups them with union-find and keeps the first of each group;
 `embed/dedup_images.parquet` and `embed/dedup_sentences.parquet` give every embedded item's
 status, reason (`semantic_duplicate`) and the id it duplicates (`dup_of`).
 """
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.dedup import semantic_duplicates
+from realsyn.embed.calibrate import copy_cosines, threshold
 from realsyn.extract import stage as extract
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import part_name, summarize, write_table
@@ -92,6 +93,56 @@ def stage_key(ctx: Context) -> str:
     return f"{ctx.cfg.section_hash('embed', 'models.joint')}-{extract.stage_key(ctx)}"
 
 
+@dataclass(frozen=True)
+class _Calibration:
+    extract_dir: Path
+    parts: int
+    sample: int
+    seed: int
+    model: str
+    device: str
+    batch_size: int
+    threads: int
+
+
+def _calibrate(task: _Calibration) -> list[float]:
+    """Cosines of a seeded sample of kept images with their re-encoded copies (runs in a worker;
+    one extract part's images in memory at a time)."""
+    import torch
+
+    from realsyn.models import load
+
+    torch.set_num_threads(task.threads)
+    rng, images = np.random.default_rng(task.seed), []
+    for i in rng.permutation(task.parts):
+        ids = kept_rows(task.extract_dir, "images", int(i), ["image_id"])["image_id"].to_pylist()
+        want = set(rng.permutation(ids)[:task.sample - len(images)].tolist()) if ids else set()
+        blobs = pq.read_table(task.extract_dir / "blobs" / part_name(int(i)))
+        images += [d for k, d in zip(blobs["image_id"].to_pylist(), blobs["data"].to_pylist()) if k in want]
+        if len(images) >= task.sample:
+            break
+    model = load("joint", task.model, task.device)
+    return [float(c) for a in range(0, len(images), task.batch_size)
+            for c in copy_cosines(images[a:a + task.batch_size], model.embed_images)]
+
+
+def _image_threshold(ctx: Context, n_parts: int) -> float:
+    """The configured semantic image dedup threshold, or with `auto` the calibrated one
+    (measured once per stage run and kept in the manifest, so a resumed run uses the same)."""
+    ec = ctx.cfg.embed
+    if ec.image_dedup_threshold != "auto":
+        return float(ec.image_dedup_threshold)
+    if "image_dedup_threshold" not in ctx.ws.stage(NAME):
+        task = _Calibration(ctx.ws.dir(extract.NAME), n_parts, ec.image_dedup_sample, ctx.cfg.runtime.seed,
+                            ctx.cfg.models.joint, ctx.cfg.runtime.device, ctx.cfg.models.batch_size, ctx.executor.threads_for(1))
+        cosines = np.asarray(next(iter(ctx.executor.map(_calibrate, [task]))), np.float32)
+        value = threshold(cosines, ec.image_dedup_quantile)
+        ctx.ws.note(NAME, image_dedup_threshold=round(value, 6) if value is not None else 1.0001,
+                    image_dedup_calibration={"images": len(cosines), "quantile": ec.image_dedup_quantile,
+                                             "copy_cosine_median": round(float(np.median(cosines)), 6) if len(cosines) else None})
+    return float(ctx.ws.stage(NAME)["image_dedup_threshold"])
+
+
 def _phash_gate(ctx: Context, n_parts: int) -> np.ndarray | None:
     """pHash of every kept image in embed row order when the config gates image dedup by it."""
     gate, joint = ctx.cfg.embed.image_dedup_phash, ctx.cfg.models.joint
@@ -128,8 +179,11 @@ def run(ctx: Context, key: str) -> dict:
     tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
                    cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo]
     ctx.executor.run(_process, tasks, "embed", "items")
-    counts = {"images": summarize(_dedup(out, "images", n_parts, cfg.embed.image_dedup_threshold, cfg.runtime.seed,
+    image_threshold = _image_threshold(ctx, n_parts)
+    counts = {"images": summarize(_dedup(out, "images", n_parts, image_threshold, cfg.runtime.seed,
                                          _phash_gate(ctx, n_parts), cfg.embed.image_dedup_phash_bits)),
               "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
+    if cfg.embed.image_dedup_threshold == "auto":
+        counts.update({k: ws.stage(NAME)[k] for k in ("image_dedup_threshold", "image_dedup_calibration")})
     ws.finish(NAME, counts, time.time() - started)
     return counts

@@ -32,7 +32,7 @@ from realsyn.io.readers import detect, read_documents
 from realsyn.io.readers.base import SKIPPED
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
-from realsyn.runtime.progress import bar
+from realsyn.runtime.progress import Tasks, bar
 from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
 
 NAME = "extract"
@@ -134,8 +134,10 @@ def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor)
                 continue
             yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, out, cfg.download)
 
+    tracked = Tasks("extract", "docs", None)  # the parts are known only once every input is read
     for docs in executor.map(_process, tasks()):
         progress.update(docs)
+        tracked.update(docs)
     progress.close()
     return n, n_docs, dict(sorted((SKIPPED - before).items()))
 

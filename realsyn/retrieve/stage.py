@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
+from realsyn.retrieve import uses
 from realsyn.retrieve.search import (
     ClusterIndex,
     TopK,
@@ -319,6 +320,20 @@ def _recall(work: Path, index: ClusterIndex, starts: np.ndarray, cfg: RetrieveCo
     return {"recall_at_k": round(recall_at_k(approx, np.where(exact >= 0, index.order[exact], -1)), 4), "recall_images": size}
 
 
+def _cap_uses(ctx: Context, out: Path) -> None:
+    """`retrieve.max_uses` over the finished pairs (resumable: the choices are saved before any
+    part is rewritten, and rewriting is idempotent)."""
+    rc, paths = ctx.cfg.retrieve, ctx.ws.parts(NAME, "pairs")
+    if not rc.max_uses or ctx.ws.stage(NAME).get("max_uses_done"):
+        return
+    if not (out / "uses.npy").exists():
+        chosen, counts = uses.assign(paths, rc.max_uses, rc.k)
+        ctx.ws.note(NAME, **counts)
+        _save(chosen, out / "uses.npy")
+    uses.apply(paths, _load(out / "uses.npy"))
+    ctx.ws.note(NAME, max_uses_done=True)
+
+
 def run(ctx: Context, key: str) -> dict:
     """Run (or resume) the retrieve stage; returns its counts."""
     ws, cfg = ctx.ws, ctx.cfg
@@ -334,10 +349,11 @@ def run(ctx: Context, key: str) -> dict:
     tasks = _plan(ws.root, starts, rc, 1)
     threads = ctx.executor.threads_for(len(tasks))
     ctx.executor.run(_process, [replace(t, threads=threads) for t in tasks], "retrieve", "images")
+    _cap_uses(ctx, out)
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
     counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],
-              "sim_spread": spread,
+              "sim_spread": spread, **{k: v for k, v in stage.items() if k.startswith("max_uses_") and k != "max_uses_done"},
               "scope": cfg.retrieve.scope, **_recall(ws.root, index, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
     ws.finish(NAME, counts, time.time() - started)
     return counts

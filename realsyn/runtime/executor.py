@@ -56,12 +56,14 @@ class Executor(ABC):
     def run(self, fn: Callable[[T], int], tasks: Iterable[T], desc: str, unit: str,
             total: int | None = None) -> int:
         """`map` with a progress bar counting the items each task reports; returns the sum."""
-        from realsyn.runtime.progress import bar
+        from realsyn.runtime.progress import Tasks, bar
 
-        done = 0
+        tasks = list(tasks)
+        done, tracked = 0, Tasks(desc, unit, len(tasks))
         with bar(desc, unit, total) as progress:
             for n in self.map(fn, tasks):
                 progress.update(n)
+                tracked.update(n)
                 done += n
         return done
 

@@ -38,7 +38,7 @@ R = TypeVar("R")
 SCRATCH_ENV = "REALSYN_SCRATCH"
 INPUTS = "_inputs"  # copies of URL inputs (`io/remote.py`); "_": never read as a stage's dataset
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-LOCAL_ONLY = ("download", ".realsyn.lock")  # top-level folders (and the lock file) never mirrored
+LOCAL_ONLY = ("download", ".realsyn.lock", ".progress.json")  # top-level folders and files never mirrored
 TMP_MARK = ".tmp-"
 CACHE_MARK = "_cache-"
 

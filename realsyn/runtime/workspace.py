@@ -86,6 +86,9 @@ def write_text(text: str, path: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+PROGRESS = ".progress.json"  # the running stage's tasks done / total (`runtime/progress.py`); local only
+
+
 def write_json(data: Any, path: Path) -> None:
     """Write a JSON file atomically."""
     write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
@@ -152,6 +155,7 @@ class Workspace:
         self.mirror = mirror.Mirror.for_url(self.location, scratch) if is_url(self.location) else None
         self.root = self.mirror.local if self.mirror else Path(local_path(self.location))
         self.manifest_path = self.root / "manifest.json"
+        self.progress_path = self.root / PROGRESS
         mirror.activate(self.mirror)
         if self.mirror is not None:  # the store is the reference: its manifest and config, or none
             for name in ("manifest.json", "config.yaml"):
