@@ -14,6 +14,7 @@ from realsyn.io.readers.html import FIGURE_LABEL
 from run_cli import realsyn
 
 pytestmark = pytest.mark.slow
+CORPORA = {"gutenberg": ["gutenberg/30621-h"], "warc": ["warc-outside"], "zim": ["wiki-raycharles"]}
 FACETS = re.compile(r"\b(?:apply|remove)\b.{0,60}\bfilter\b|^(?:home|menu|search|log ?in|sign ?in)$", re.I)
 
 
@@ -39,8 +40,7 @@ def own_text_rate(work: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for name, inputs in (("gutenberg", ["gutenberg/30621-h"]), ("warc", ["warc-outside"]),
-                         ("zim", ["wiki-raycharles"])):
+    for name, inputs in CORPORA.items():
         work = tmp_path_factory.mktemp(name) / "work"
         realsyn("run", *(str(data_dir / i) for i in inputs), "--out", str(work), "--until", "retrieve", "--quiet",
                 "--set", "extract.sentences.perplexity=false")
@@ -65,3 +65,48 @@ def test_mona_lisa_is_kept_and_no_facet_is_in_the_pool(runs):
     captions = [r for r in pq.read_table(runs["warc"] / "extract" / "sentences").to_pylist() if r["kind"] == "caption"]
     assert any("Self-portrait by Leonardo da Vinci" in r["text"] and r["status"] == "kept" for r in captions)
     assert any("Vacant wall in the Salon Carr" in r["text"] and r["status"] == "kept" for r in captions)
+
+
+def _json_types(tars: list[Path]) -> dict[str, set[str]]:
+    """Per key of the samples' JSON: the set of value types seen."""
+    import json
+    import tarfile
+
+    types: dict[str, set[str]] = {}
+    for tar in tars:
+        with tarfile.open(tar) as f:
+            for m in f.getmembers():
+                if m.name.endswith(".json"):
+                    for k, v in json.loads(f.extractfile(m).read()).items():
+                        types.setdefault(k, set()).add(type(v).__name__)
+    return types
+
+
+def test_exports_of_different_corpora_have_the_same_column_types(runs, data_dir, tmp_path):
+    """A book (local images) and web archives (URLs) export with the same parquet schema and the
+    same JSON value types, so one loader reads both; HF `datasets` loads both in one dataset."""
+    from datasets import load_dataset
+
+    tars, schemas, types = {}, {}, {}
+    for name in ("gutenberg", "warc"):
+        work = runs[name]
+        realsyn("run", *(str(data_dir / i) for i in CORPORA[name]), "--out", str(work), "--quiet",
+                "--set", "models.llm=template", "--set", "extract.sentences.perplexity=false")
+        scale = next(p for p in sorted((work / "export").iterdir()) if p.is_dir())
+        tars[name] = sorted(scale.glob("*.tar"))
+        schemas[name] = pq.read_schema(sorted(scale.glob("0*.parquet"))[0])
+        types[name] = _json_types(tars[name])
+        assert tars[name] and all(len(t) == 1 for t in types[name].values()), (name, types[name])
+    assert schemas["gutenberg"].equals(schemas["warc"])
+    assert types["gutenberg"] == types["warc"]
+    every = [str(t) for ts in tars.values() for t in ts]
+    ds = load_dataset("webdataset", data_files={"train": every}, split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == sum(1 for ts in tars.values() for t in ts for _ in _members(t, ".json"))
+
+
+def _members(tar: Path, suffix: str) -> list[str]:
+    import tarfile
+
+    with tarfile.open(tar) as f:
+        return [m.name for m in f.getmembers() if m.name.endswith(suffix)]
+

@@ -1,11 +1,16 @@
 """The semantic image dedup threshold of an encoder, measured instead of guessed.
 
-`embed.image_dedup_threshold: auto` asks the encoder how close it puts an image and a re-encoded
-copy of it (half size, not below 64 pixels on the short side, then JPEG at quality 75: what a
-re-upload does). The threshold is a low quantile of those cosines over a seeded sample of the
-kept images: a pair as close as most images are to their own copy is a duplicate. The `bridge`
-and a real CLIP differ widely in this (their cosines live on different scales), so one fixed
-number cannot suit both.
+`embed.image_dedup_threshold: auto` asks the encoder two things on a seeded sample of the kept
+images: how close it puts an image and a re-encoded copy of it (half size, not below 64 pixels on
+the short side, then JPEG at quality 75: what a re-upload does), and how close it puts distinct
+images of the sample to each other. The threshold is the higher of
+- a low quantile of the copy cosines (a pair as close as most images are to their own copy is a
+  duplicate), and
+- a high quantile of the cosines between distinct sampled images (at most ~1% of such pairs may
+  be called duplicates),
+so an encoder that cannot tell copies from distinct images (the `bridge`: ImageNet-class mixtures,
+on which distinct engravings of a book sit at 0.99) removes little by cosine, and a real CLIP gets
+its own SemDeDup-like cut. The two figures are recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -32,16 +37,27 @@ def reencode(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def copy_cosines(images: Sequence[bytes], embed: Callable[[Sequence[bytes]], np.ndarray]) -> np.ndarray:
-    """Cosine of each image with its re-encoded copy under `embed` (rows L2-normalised)."""
+def copy_cosines(images: Sequence[bytes], embed: Callable[[Sequence[bytes]], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine of each image with its re-encoded copy, the images' embeddings) under `embed`
+    (rows L2-normalised)."""
     if not images:
-        return np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
     a, b = embed(list(images)), embed([reencode(d) for d in images])
-    return np.einsum("nd,nd->n", a.astype(np.float32), b.astype(np.float32))
+    return np.einsum("nd,nd->n", a.astype(np.float32), b.astype(np.float32)), a
 
 
-def threshold(cosines: np.ndarray, quantile: float) -> float | None:
-    """The `quantile` of the copy cosines, within BOUNDS; None without a sample."""
-    if not len(cosines):
+def pair_cosines(emb: np.ndarray) -> np.ndarray:
+    """Cosines of all distinct pairs of rows (the upper triangle)."""
+    x = emb.astype(np.float32)
+    return (x @ x.T)[np.triu_indices(len(x), 1)]
+
+
+def threshold(copies: np.ndarray, pairs: np.ndarray, quantile: float, pair_quantile: float) -> float | None:
+    """max(the `quantile` of the copy cosines, the `pair_quantile` of the distinct-pair cosines),
+    within BOUNDS; None without a sample."""
+    if not len(copies):
         return None
-    return float(np.clip(np.quantile(cosines, quantile), *BOUNDS))
+    cut = float(np.quantile(copies, quantile))
+    if len(pairs):
+        cut = max(cut, float(np.quantile(pairs, pair_quantile)))
+    return float(np.clip(cut, *BOUNDS))

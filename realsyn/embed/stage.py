@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.dedup import semantic_duplicates
-from realsyn.embed.calibrate import copy_cosines, threshold
+from realsyn.embed.calibrate import copy_cosines, pair_cosines, threshold
 from realsyn.extract import stage as extract
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import part_name, summarize, write_table
@@ -105,9 +105,9 @@ class _Calibration:
     threads: int
 
 
-def _calibrate(task: _Calibration) -> list[float]:
-    """Cosines of a seeded sample of kept images with their re-encoded copies (runs in a worker;
-    one extract part's images in memory at a time)."""
+def _calibrate(task: _Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """(cosines of a seeded sample of kept images with their re-encoded copies, cosines of the
+    sample's distinct pairs); runs in a worker, one extract part's images in memory at a time."""
     import torch
 
     from realsyn.models import load
@@ -122,8 +122,10 @@ def _calibrate(task: _Calibration) -> list[float]:
         if len(images) >= task.sample:
             break
     model = load("joint", task.model, task.device)
-    return [float(c) for a in range(0, len(images), task.batch_size)
-            for c in copy_cosines(images[a:a + task.batch_size], model.embed_images)]
+    done = [copy_cosines(images[a:a + task.batch_size], model.embed_images) for a in range(0, len(images), task.batch_size)]
+    if not done:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate([c for c, _ in done]), pair_cosines(np.concatenate([e for _, e in done]))
 
 
 def _image_threshold(ctx: Context, n_parts: int) -> float:
@@ -135,11 +137,15 @@ def _image_threshold(ctx: Context, n_parts: int) -> float:
     if "image_dedup_threshold" not in ctx.ws.stage(NAME):
         task = _Calibration(ctx.ws.dir(extract.NAME), n_parts, ec.image_dedup_sample, ctx.cfg.runtime.seed,
                             ctx.cfg.models.joint, ctx.cfg.runtime.device, ctx.cfg.models.batch_size, ctx.executor.threads_for(1))
-        cosines = np.asarray(next(iter(ctx.executor.map(_calibrate, [task]))), np.float32)
-        value = threshold(cosines, ec.image_dedup_quantile)
+        copies, pairs = next(iter(ctx.executor.map(_calibrate, [task])))
+        value = threshold(copies, pairs, ec.image_dedup_quantile, ec.image_dedup_pair_quantile)
+
+        def q(x: np.ndarray, at: float) -> float | None:
+            return round(float(np.quantile(x, at)), 6) if len(x) else None
+
         ctx.ws.note(NAME, image_dedup_threshold=round(value, 6) if value is not None else 1.0001,
-                    image_dedup_calibration={"images": len(cosines), "quantile": ec.image_dedup_quantile,
-                                             "copy_cosine_median": round(float(np.median(cosines)), 6) if len(cosines) else None})
+                    image_dedup_calibration={"images": len(copies), "copy_cosine_q": q(copies, ec.image_dedup_quantile),
+                                             "distinct_cosine_q": q(pairs, ec.image_dedup_pair_quantile)})
     return float(ctx.ws.stage(NAME)["image_dedup_threshold"])
 
 

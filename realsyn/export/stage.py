@@ -66,7 +66,7 @@ def _meta(rec: dict[str, Any], key: str) -> dict[str, Any]:
     """The metadata of one sample (KEY.json, and a row of the shard's parquet)."""
     texts = [t or "" for t in (rec["texts"] or [])][:3] + [""] * 3
     local = f"{rec['source']}#{rec['path']}" if rec.get("path") else rec["source"]
-    return {"key": key, "image_id": rec["image_id"], "doc_id": rec["doc_id"] or "", "url": rec["url"],
+    return {"key": key, "image_id": rec["image_id"], "doc_id": rec["doc_id"] or "", "url": rec["url"] or "",
             "raw_image_url": rec["url"] or local,
             "source": rec["source"] or "", "text1": texts[0], "text2": texts[1], "text3": texts[2],
             "syn_text": rec["syn_text"] or "", "generated_caption": rec["generated_caption"] or "",
