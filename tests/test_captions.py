@@ -41,8 +41,19 @@ def test_caption_paragraphs_and_multi_image_boxes():
         "Fig. 32 is reproduced from Bollaert and is very elaborately worked by the smiths."]
 
 
+def test_multi_image_table_box_gives_each_image_its_column_caption():
+    """The 2015 MediaWiki layout of a multi-image box (the Mona Lisa article): images in one table
+    row, `thumbcaption` divs in the row below, one per column."""
+    page = """<div class="thumb tright"><div class="thumbinner"><table>
+    <tr><td class="thumbimage"><img src="sapeck.jpg" alt=""></td><td></td><td class="thumbimage"><img src="lhooq.jpg"></td></tr>
+    <tr><td><div class="thumbcaption"><i>Le rire</i> by Sapeck (1883)</div></td><td></td>
+        <td><div class="thumbcaption"><i>L.H.O.O.Q.</i> by Marcel Duchamp (1919)</div></td></tr></table></div></div>"""
+    assert [(i.url, i.caption) for i in _images(page)] == [
+        ("sapeck.jpg", "Le rire by Sapeck (1883)"), ("lhooq.jpg", "L.H.O.O.Q. by Marcel Duchamp (1919)")]
+
+
 def test_placeholder_alts():
-    for alt in ("see caption", "titlepage (155K)", "IMG_1234.JPG", "logo", "[image]"):
+    for alt in ("see caption", "See adjacent text.", "titlepage (155K)", "IMG_1234.JPG", "logo", "[image]"):
         assert placeholder_alt(alt), alt
     for alt in ("Mona Lisa, by Leonardo da Vinci", "A red tram on a bridge"):
         assert not placeholder_alt(alt), alt

@@ -154,12 +154,16 @@ def _retrieval(ctx: Context) -> str:
     facts = [["recall@k of the hierarchical search vs exact", rc.get("recall_at_k")],
              ["share of texts from the image's own document", rc.get("same_doc_fraction")],
              ["scope", rc.get("scope")], ["similarity spread of the encoder (bonus unit)", rc.get("sim_spread")],
+             ["images given a new R1 by retrieve.max_uses", rc.get("max_uses_moved")],
+             ["images whose every text was at its max_uses (order kept)", rc.get("max_uses_fallback")],
+             ["image dedup threshold (calibrated per encoder)", ctx.ws.stage("embed").get("counts", {}).get("image_dedup_threshold")],
              ["synthetic texts replaced by the guard's fallback", sum((sc.get("fallbacks") or {}).values())]]
     return section("retrieval", "Retrieval and filter diagnostics", table(["", "value"], facts),
                    table(["images with it as R1", "most reused texts"], _reused_texts(ctx)),
                    table(["table", "reason", "examples"], _rejected_examples(ctx)),
-                   note("A text that is R1 of many images is a candidate for retrieve.max_uses or a filter; the "
-                        "examples show what each extract filter removed."))
+                   note("No text is R1 of more than retrieve.max_uses images unless every text of an image was "
+                        "full; a text still high in this list is a candidate for a filter. The examples show what "
+                        "each extract filter removed."))
 
 
 def _similarity(ctx: Context, scale: str, s1: np.ndarray) -> str:

@@ -41,10 +41,11 @@ _CAPTIONS = {"tsingle": "thumbcaption", "thumbinner": "thumbcaption", "gallerybo
 # container -> caption class; `tsingle` first: in a multi-image box each image has its own caption
 _CAPTION_CLASSES = frozenset("caption wp-caption-text image-caption figure-caption img-caption photo-caption "
                              "imagecaption figcaption".split())
+_CELL_CAPTIONS = _CAPTION_CLASSES | frozenset(_CAPTIONS.values())
 FIGURE_LABEL = re.compile(r"^\s*(?:fig(?:ure)?|plate|illustration|abb(?:ildung)?|pl)\.?\s*(?:no\.?\s*)?"
                           r"(?:[0-9]+|[ivxlc]+)[a-z]?\s*[.:\u2013\u2014-]+\s*", re.I)
 """A figure label opening a caption: "Fig. 19.", "Figure 3:", "Plate IV." (stripped from pool text)."""
-_PLACEHOLDER_ALT = re.compile(r"^(?:see caption|image|img|photo|picture|icon|logo|thumbnail|illustration|figure|"
+_PLACEHOLDER_ALT = re.compile(r"^(?:(?:see|refer to) (?:the )?(?:adjacent |accompanying )?(?:caption|text|description)\.?|image|img|photo|picture|icon|logo|thumbnail|illustration|figure|"
                               r"spacer|blank|null|none|untitled|\S+\.(?:jpe?g|png|gif|webp|svg|bmp|tiff?)|"
                               r".*\(\d+\s*[kKmM]b?\))$", re.I)
 _XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
@@ -438,8 +439,10 @@ class _Walker:
                 return None
             target = next((c for c, (a, b) in _columns(other).items() if a <= column[0] < b), None)
             if target is not None and target.find(".//{*}img") is None:
-                text = _plain_text(target)
-                if text and ("caption" in _classes(target) or FIGURE_LABEL.match(text)):
+                # the cell itself or an element in it (MediaWiki's multi-image box: a thumbcaption div)
+                marked = next((c for c in target.iter() if _classes(c) & _CELL_CAPTIONS), None)
+                text = _plain_text(marked if marked is not None else target)
+                if text and (marked is not None or FIGURE_LABEL.match(text)):
                     self.claimed.add(target)  # its text is the caption, not prose (shared by a colspan)
                     return text
         return None
