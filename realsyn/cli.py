@@ -31,6 +31,7 @@ SetOpt = typer.Option(None, "--set", help="Override one config value, e.g. --set
 ExecOpt = typer.Option(None, "--executor", help="local or ray (overrides runtime.executor).")
 WorkersOpt = typer.Option(None, "--workers", help="Worker processes (overrides runtime.workers; 0 = one per core).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+JsonOpt = typer.Option(False, "--json", help="Print every count of the stages run (the manifest's counts) as JSON instead of the summary.")
 OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder, or an fsspec URL (s3://, gs://) worked on in a local scratch copy ($REALSYN_SCRATCH).")
 
 
@@ -108,20 +109,44 @@ def _workspace(out: str) -> Workspace:
         raise InputError(f"cannot open workspace {out}: {exc}".splitlines()[0]) from None
 
 
+def _kept_read(counts: Any) -> str:
+    """"table kept / read" for every counted table of a stage's counts."""
+    if not isinstance(counts, dict):
+        return ""
+    tables = [f"{k} {v.get('kept', 0):,} / {v['read']:,}" for k, v in counts.items() if isinstance(v, dict) and "read" in v]
+    docs = counts.get("documents")
+    return ", ".join(([f"documents {docs:,}"] if isinstance(docs, int) else []) + tables)
+
+
+def summary(counts: dict[str, Any], ws: Workspace) -> list[str]:
+    """What a person wants at the end of a run: kept / read per stage, where the shards and the
+    report are, and the next command to try."""
+    lines = [f"{name:9} {_kept_read(c) or 'done'}" for name, c in counts.items()]
+    scales = sorted(p for p in ws.dir("export").glob("*") if p.is_dir()) if "export" in counts else []
+    lines += [f"shards ({s.name}): {s.resolve()}/" for s in scales]
+    if "report" in counts:
+        lines.append(f"report: {(ws.dir('report') / 'index.html').resolve()}")
+    lines.append(f"workspace: {ws.name} (realsyn status {ws.name}; every count: realsyn run ... --json)")
+    if scales:
+        lines.append(f"next: realsyn train --data {scales[-1].resolve()} --out RUN")
+    elif counts and list(counts)[-1] != pipeline.NAMES[-1]:
+        after = pipeline.NAMES[pipeline.NAMES.index(list(counts)[-1]) + 1]
+        lines.append(f"next: realsyn run INPUT... --out {ws.name} (continues with {after})")
+    return lines
+
+
 def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None,
-         sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool) -> None:
+         sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool, as_json: bool = False) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
             _fail(f"unknown stage '{until}'; stages: {', '.join(pipeline.NAMES)}")
         ctx = _context(out, config, sets, executor, workers, quiet, inputs)
         with ctx.executor:
             counts = pipeline.run(ctx, until)
-        typer.echo(json.dumps(counts, indent=2))
-        for scale in sorted(p for p in (ctx.ws.dir("export")).glob("*") if p.is_dir()) if "export" in counts else []:
-            typer.echo(f"shards ({scale.name}): {scale.resolve()}/", err=True)
-        if "report" in counts:
-            typer.echo(f"report: {(ctx.ws.dir('report') / 'index.html').resolve()}", err=True)
-        typer.echo(f"workspace: {ctx.ws.name} (realsyn status {ctx.ws.name})", err=True)
+        if as_json:
+            typer.echo(json.dumps(counts, indent=2))
+        else:
+            typer.echo("\n".join(summary(counts, ctx.ws)))
 
     _guard(go)
 
@@ -130,31 +155,35 @@ def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None
 def run(inputs: List[str] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders), local or fsspec URLs (s3://, gs://, https://)."),
         out: str = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
         config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-        executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
+        executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+        as_json: bool = JsonOpt) -> None:
     """Run the pipeline on INPUT... into WORK, resuming where it stopped."""
-    _run(inputs, out, until, config, set_, executor, workers, quiet)
+    _run(inputs, out, until, config, set_, executor, workers, quiet, as_json)
 
 
 @app.command()
 def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: str = OutOpt,
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-            executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
+            executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+            as_json: bool = JsonOpt) -> None:
     """Extract and filter images and sentences (the first stage)."""
-    _run(inputs, out, "extract", config, set_, executor, workers, quiet)
+    _run(inputs, out, "extract", config, set_, executor, workers, quiet, as_json)
 
 
 def _stage_command(name: str) -> Callable[..., None]:
     def command(out: str = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-                executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt) -> None:
-        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet)))
+                executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+                as_json: bool = JsonOpt) -> None:
+        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet), as_json))
 
     command.__doc__ = f"Run the {name} stage on an existing workspace."
     return command
 
 
-def _one_stage(name: str, ctx: Context) -> None:
+def _one_stage(name: str, ctx: Context, as_json: bool) -> None:
     with ctx.executor:
-        typer.echo(json.dumps({name: pipeline.run_stage(ctx, name)}, indent=2))
+        counts = {name: pipeline.run_stage(ctx, name)}
+    typer.echo(json.dumps(counts, indent=2) if as_json else "\n".join(summary(counts, ctx.ws)))
 
 
 def _recorded_inputs(ws: Workspace) -> list[Path]:
@@ -246,12 +275,12 @@ def config_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", hel
 
 @app.command()
 def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
-         quiet: bool = QuietOpt, workers: Optional[int] = WorkersOpt) -> None:
+         quiet: bool = QuietOpt, workers: Optional[int] = WorkersOpt, as_json: bool = JsonOpt) -> None:
     """Run the pipeline on the built-in demo corpus (real photos from scikit-image, scikit-learn, matplotlib)."""
     from realsyn.demo import materialize
 
     corpus = materialize(out / "corpus")
-    _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet)  # ends with the paths
+    _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet, as_json)  # ends with the paths
 
 
 from realsyn.train.commands import register as _register_train

@@ -126,8 +126,12 @@ def test_report_has_every_section(work):
 
 def test_demo_as_a_new_user_runs_it(tmp_path):
     done = realsyn("demo", "--out", str(tmp_path), "--quiet")
-    report = re.search(r"report: (\S+)", done.stderr)
+    lines = done.stdout.strip().splitlines()  # a short summary, not the manifest
+    assert len(lines) <= 15 and lines[0].startswith("extract   documents ") and "next: realsyn train --data" in lines[-1], lines
+    report = re.search(r"report: (\S+)", done.stdout)
     assert report and Path(report.group(1)).is_file()
+    again = json.loads(realsyn("demo", "--out", str(tmp_path), "--quiet", "--json").stdout)  # nothing to redo
+    assert set(again) == {"extract", "embed", "retrieve", "synth", "balance", "export", "report"}
     export = tmp_path / "work" / "export"
     assert all((f / "sizes.json").exists() and list(f.glob("*.tar")) for f in export.iterdir())
 
