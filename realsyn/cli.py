@@ -267,6 +267,22 @@ def _progress_line(ws: Workspace, name: str) -> str:
     return line + (f", last update {age:.0f}s ago (is the run still alive?)" if age > 120 else "")
 
 
+@app.command("models")
+def models_cmd() -> None:
+    """List every model backend per role: the spec to write in the config, what it needs, what it is."""
+    from realsyn.models import registry
+
+    def go() -> None:
+        for role in sorted({b.role for b in registry.backends()}):
+            typer.echo(f"models.{role}:")
+            for b in (b for b in registry.backends() if b.role == role):
+                need = "" if registry.installed(b) else f"  [needs: {', '.join(b.needs)}]"
+                typer.echo(f"  {b.syntax:34} {b.about}{need}")
+        typer.echo("A spec is NAME or NAME:ARGS; plug-ins add backends with realsyn.models.registry.register().")
+
+    _guard(go)
+
+
 @app.command("config")
 def config_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Show this file resolved against the defaults.")) -> None:
     """Print the config (defaults, or a file resolved), every value documented."""

