@@ -28,7 +28,8 @@ import faiss
 import numpy as np
 
 from realsyn.config import RetrieveConfig
-from realsyn.retrieve.search import ClusterIndex, auto_clusters, recall_at_k, train_kmeans
+from realsyn.centroids import auto_clusters, train_kmeans
+from realsyn.retrieve.search import ClusterIndex, recall_at_k
 from realsyn.runtime.executor import cpu_count
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
 import typer
-import yaml
 
 from realsyn import pipeline
-from realsyn.config import Config, load_config, to_yaml
-from realsyn.errors import UserError
+from realsyn.config import load_config, to_yaml
+from realsyn.console import fail, guard, overrides, setup
 from realsyn.io import remote
 from realsyn.io.readers import InputError
 from realsyn.runtime.context import Context
-from realsyn.runtime.executor import make_executor
-from realsyn.runtime.progress import set_quiet
+from realsyn.runtime.launch import make_executor
 from realsyn.runtime.workspace import Workspace, input_copy, write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,27 +30,10 @@ JsonOpt = typer.Option(False, "--json", help="Print every count of the stages ru
 OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder, or an fsspec URL (s3://, gs://) worked on in a local scratch copy ($REALSYN_SCRATCH).")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"realsyn: error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            _fail(f"--set takes KEY=VALUE, got '{pair}'")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _context(out: str, config: Path | None, sets: list[str] | None, executor: str | None,
              workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None) -> Context:
     """The run's context; `inputs` None means those the workspace's extract stage recorded."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    set_quiet(quiet)
+    setup(quiet)
     ws = _workspace(out)
     ws.check_owned()
     work = ws.root
@@ -63,12 +41,12 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
         inputs = _recorded_inputs(ws)
     if config is None and (work / "config.yaml").exists():
         config = work / "config.yaml"
-    overrides = _overrides(sets)
+    changes = overrides(sets)
     if executor is not None:
-        overrides["runtime.executor"] = executor
+        changes["runtime.executor"] = executor
     if workers is not None:
-        overrides["runtime.workers"] = workers
-    cfg = load_config(config, overrides)
+        changes["runtime.workers"] = workers
+    cfg = load_config(config, changes)
     paths = [remote.localize(str(p), work) for p in inputs]  # URLs are fetched into WORK/_inputs
     for p in paths:
         if not p.exists() and input_copy(p, work) is None:  # a URL input's copy: fetched where needed
@@ -76,29 +54,6 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
     ws.claim()
     write_text(to_yaml(cfg), work / "config.yaml")
     return Context(ws, cfg, make_executor(cfg.runtime.executor, cfg.runtime.workers, cfg.runtime.ray), paths)
-
-
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Run `fn`, turning every error into a one-line message and exit status 2 (with
-    REALSYN_TRACEBACK=1, an unexpected error shows its traceback)."""
-    try:
-        return fn()
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except UserError as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except OSError as exc:  # disk full, permissions, a vanished file: what was finished stays, re-run resumes
-        if exc.errno is None and os.environ.get("REALSYN_TRACEBACK"):
-            raise
-        where = f": {exc.filename}" if exc.filename else ""
-        _fail(f"{exc.strerror or exc}{where} (finished parts are kept; re-run to resume)")
-    except MemoryError:
-        _fail("out of memory (finished parts are kept; lower runtime.workers or models.batch_mib and re-run)")
-    except Exception as exc:  # noqa: BLE001 - the promise: one line, never a traceback
-        if os.environ.get("REALSYN_TRACEBACK"):
-            raise
-        text = (str(exc).splitlines() or [""])[0][:300]
-        _fail(f"unexpected {type(exc).__name__}: {text} (finished parts are kept; REALSYN_TRACEBACK=1 shows where)")
 
 
 def _workspace(out: str) -> Workspace:
@@ -139,7 +94,7 @@ def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None
          sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool, as_json: bool = False) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
-            _fail(f"unknown stage '{until}'; stages: {', '.join(pipeline.NAMES)}")
+            fail(f"unknown stage '{until}'; stages: {', '.join(pipeline.NAMES)}")
         ctx = _context(out, config, sets, executor, workers, quiet, inputs)
         with ctx.executor:
             counts = pipeline.run(ctx, until)
@@ -148,7 +103,7 @@ def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None
         else:
             typer.echo("\n".join(summary(counts, ctx.ws)))
 
-    _guard(go)
+    guard(go)
 
 
 @app.command()
@@ -174,7 +129,7 @@ def _stage_command(name: str) -> Callable[..., None]:
     def command(out: str = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                 executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
                 as_json: bool = JsonOpt) -> None:
-        _guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet), as_json))
+        guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet), as_json))
 
     command.__doc__ = f"Run the {name} stage on an existing workspace."
     return command
@@ -200,18 +155,19 @@ for _name in pipeline.NAMES[1:]:
 @app.command()
 def balance(out: str = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
             cap: Optional[List[int]] = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
-            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt) -> None:
+            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt,
+            as_json: bool = JsonOpt) -> None:
     """Run the balance stage (similarity band, k-means, capped draw per named scale)."""
     from realsyn.balance import stage as balance_stage
 
     def go() -> None:
         ctx = _context(out, config, set_, None, None, quiet)
         if not dry_run:
-            return _one_stage("balance", ctx)
+            return _one_stage("balance", ctx, as_json)
         pipeline.check_upstream(ctx, "balance")
         balance_stage.dry_run(ctx, cap or (), echo=typer.echo)
 
-    _guard(go)
+    guard(go)
 
 
 @app.command()
@@ -220,7 +176,7 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
     def go() -> None:
         ws = _workspace(work)
         if not ws.manifest_path.exists():
-            _fail(f"no workspace at {work} (manifest.json missing)")
+            fail(f"no workspace at {work} (manifest.json missing)")
         stages = ws.manifest()["stages"]
         cfg_path = ws.root / "config.yaml"
         cfg = load_config(cfg_path if cfg_path.exists() else None)
@@ -247,7 +203,7 @@ def status(work: str = typer.Argument(..., help="Workspace folder or URL.")) -> 
                     line += f"  {table}: {c.get('kept', 0)} kept / {c.get('read', 0)} read"
             typer.echo(line)
 
-    _guard(go)
+    guard(go)
 
 
 def _progress_line(ws: Workspace, name: str) -> str:
@@ -280,13 +236,13 @@ def models_cmd() -> None:
                 typer.echo(f"  {b.syntax:34} {b.about}{need}")
         typer.echo("A spec is NAME or NAME:ARGS; plug-ins add backends with realsyn.models.registry.register().")
 
-    _guard(go)
+    guard(go)
 
 
 @app.command("config")
 def config_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Show this file resolved against the defaults.")) -> None:
     """Print the config (defaults, or a file resolved), every value documented."""
-    _guard(lambda: typer.echo(to_yaml(load_config(config)), nl=False))
+    guard(lambda: typer.echo(to_yaml(load_config(config)), nl=False))
 
 
 @app.command()

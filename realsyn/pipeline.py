@@ -59,13 +59,14 @@ def run_stage(ctx: Context, name: str) -> dict:
         log.info("%s: up to date", name)
         return ctx.ws.stage(name)["counts"]
     log.info("%s: running", name)
-    ctx.executor.stage = name
+    ctx.executor.stage, ctx.executor.reads = name, tuple(reads(name))
     ctx.ws.pull(reads(name))
     progress.set_sink(lambda p: write_json({"stage": name, **p}, ctx.ws.progress_path))
     try:
         return module.run(ctx, key)
     finally:
         progress.set_sink(None)
+        ctx.executor.stage, ctx.executor.reads = "", ()
 
 
 def run(ctx: Context, until: str | None = None) -> dict[str, dict]:

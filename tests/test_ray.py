@@ -19,7 +19,7 @@ import pytest
 
 from realsyn.config import ConfigError, RayConfig, load_config
 from realsyn.pipeline import NAMES
-from realsyn.runtime.executor import make_executor
+from realsyn.runtime.launch import make_executor
 
 ray = pytest.importorskip("ray")
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from realsyn.balance import sampling
 from realsyn.config import BalanceConfig
 from realsyn.embed.stage import read_embeddings
-from realsyn.retrieve.search import auto_clusters, nearest_centroids, train_kmeans
+from realsyn.centroids import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.synth import stage as synth_stage

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from realsyn.errors import UserError
 

@@ -132,18 +132,18 @@ def _reused_texts(ctx: Context, top: int = 10) -> list[list[Any]]:
 def _rejected_examples(ctx: Context, per_reason: int = 3) -> list[list[Any]]:
     """Up to `per_reason` examples of every rejection reason of extract's sentences and images."""
     out: dict[tuple[str, str], list[str]] = {}
-    for table, show in (("sentences", "text"), ("images", "source")):
-        for path in ctx.ws.parts("extract", table):
+    for kind, show in (("sentences", "text"), ("images", "source")):
+        for path in ctx.ws.parts("extract", kind):
             names = pq.read_schema(path).names
             t = pq.read_table(path, columns=[c for c in ("reason", show, "url", "path") if c in names])
             if "reason" not in names:
                 continue
             for row in t.filter(pc.is_valid(t["reason"])).to_pylist():
-                seen = out.setdefault((table, row["reason"]), [])
+                seen = out.setdefault((kind, row["reason"]), [])
                 if len(seen) < per_reason:
                     where = f"{row.get(show)}#{row['path']}" if row.get("path") else row.get(show)
                     seen.append(str(row.get("url") or where)[:200])
-    return [[table, reason, " | ".join(ex)] for (table, reason), ex in sorted(out.items())]
+    return [[kind, reason, " | ".join(ex)] for (kind, reason), ex in sorted(out.items())]
 
 
 def _retrieval(ctx: Context) -> str:

@@ -15,94 +15,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from realsyn.centroids import TopK, empty_topk, f32, top_cols, nearest_centroids, sort_by_group
 from realsyn.runtime.executor import cpu_count
-
-_SCORES_BYTES = 8 << 20  # centroid scores per batch (256..1024 rows): stays in cache for argmax
-
-
-class TopK(NamedTuple):
-    """Per query row: indices of the best base rows (-1 = none) and their similarities."""
-
-    idx: np.ndarray  # (m, k) int64
-    sims: np.ndarray  # (m, k) float32, -inf where idx is -1
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _empty(m: int, k: int) -> TopK:
-    return TopK(np.full((m, k), -1, np.int64), np.full((m, k), -np.inf, np.float32))
-
-
-def auto_clusters(n: int, per_cluster: int) -> int:
-    """About `per_cluster` sentences per cluster (paper: 2M clusters for 0.84B, ~420)."""
-    return max(1, min(n, round(n / per_cluster)))
-
-
-def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: int = 1 << 18,
-                 seed: int = 0) -> np.ndarray:
-    """Spherical k-means centroids (clusters x d float32), fitted on a seeded random sample of
-    at most `max_train` rows and 256 per cluster. Memory: the sample (float32)."""
-    n, d = x.shape
-    clusters = max(1, min(clusters, n))
-    size = min(max_train, 256 * clusters)
-    rng = np.random.default_rng(seed)
-    sample = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
-    km = faiss.Kmeans(d, clusters, niter=niter, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=len(sample) + 1)
-    km.train(_f32(sample))
-    return _f32(km.centroids)
-
-
-def _top_cols(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the k largest entries of each row, best first."""
-    m, n = scores.shape
-    if n <= k:
-        cols = np.broadcast_to(np.arange(n), scores.shape)
-    else:  # SIMD partition of the values finds each row's k-th best; ties need argpartition
-        kth = np.partition(scores, n - k, axis=1)[:, n - k:n - k + 1]
-        _, cols = np.nonzero(scores >= kth)
-        cols = cols.reshape(m, k) if len(cols) == m * k else np.argpartition(scores, n - k, axis=1)[:, n - k:]
-    vals = np.take_along_axis(scores, cols, axis=1)
-    best = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(cols, best, axis=1), np.take_along_axis(vals, best, axis=1)
-
-
-def nearest_centroids(x: np.ndarray, centroids: np.ndarray, nprobe: int = 1,
-                      threads: int = 0) -> TopK:
-    """The `nprobe` most similar centroids of every row, best first (one GEMM per batch)."""
-    nprobe = min(nprobe, len(centroids))
-    out = _empty(len(x), nprobe)
-    c = _f32(centroids)
-    batch = max(256, min(1024, _SCORES_BYTES // (4 * max(1, len(c)))))
-    buf = np.empty((min(batch, len(x)), len(c)), np.float32)  # reused: no page faults per batch
-    with threadpool_limits(threads or cpu_count(), user_api="blas"):
-        for a in range(0, len(x), batch):
-            chunk = _f32(x[a:a + batch])
-            scores = np.matmul(chunk, c.T, out=buf[:len(chunk)])
-            if nprobe == 1:
-                best = scores.argmax(axis=1)[:, None]
-                out.idx[a:a + batch], out.sims[a:a + batch] = best, np.take_along_axis(scores, best, axis=1)
-            else:
-                out.idx[a:a + batch], out.sims[a:a + batch] = _top_cols(scores, nprobe)
-    return out
-
-
-def sort_by_group(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """(order, offsets): rows `order[offsets[g]:offsets[g + 1]]` are those of group g, in their
-    original order."""
-    order = np.argsort(groups, kind="stable")
-    offsets = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(np.bincount(groups, minlength=n_groups), out=offsets[1:])
-    return order, offsets
-
 
 Bonus = Callable[[np.ndarray, int, int], np.ndarray]  # (query rows, a, b) -> scores added to base[a:b]
 
@@ -113,7 +33,7 @@ def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.n
     for the query `q[rows[j]]`; indices are rows of `base`. Pairs are grouped so each group
     costs one dense product; groups run on `threads` threads (BLAS single-threaded inside).
     With `bonus`, rows are ranked by similarity + bonus and the returned sims include it."""
-    out = _empty(len(rows), k)
+    out = empty_topk(len(rows), k)
     order = np.argsort(groups, kind="stable")
     g = groups[order]
     cut = np.flatnonzero(g[1:] != g[:-1]) + 1
@@ -123,10 +43,10 @@ def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.n
     def work(part: list[tuple[int, int]]) -> None:
         for s, e in part:
             a, b = offsets[g[s]], offsets[g[s] + 1]
-            scores = _f32(q[rows[order[s:e]]]) @ _f32(base[a:b]).T
+            scores = f32(q[rows[order[s:e]]]) @ f32(base[a:b]).T
             if bonus is not None:
                 scores += bonus(rows[order[s:e]], a, b)
-            cols, vals = _top_cols(scores, k)
+            cols, vals = top_cols(scores, k)
             dest = order[s:e]
             out.idx[dest, :cols.shape[1]] = cols + a
             out.sims[dest, :cols.shape[1]] = vals
@@ -158,12 +78,12 @@ class ClusterIndex:
         """Assign every row to its nearest centroid and sort. Memory: a sorted copy of x."""
         labels = nearest_centroids(x, centroids, 1, threads).idx[:, 0]
         order, offsets = sort_by_group(labels, len(centroids))
-        return cls(_f32(centroids), _f32(x[order]), offsets, order)
+        return cls(f32(centroids), f32(x[order]), offsets, order)
 
     def search(self, q: np.ndarray, k: int = 3, nprobe: int = 1, threads: int = 0) -> tuple[TopK, np.ndarray]:
         """Hierarchical top-k of every query: (hits as the caller's rows, nearest cluster)."""
         if len(self.centroids) == 0:
-            return _empty(len(q), k), np.full(len(q), -1, np.int32)
+            return empty_topk(len(q), k), np.full(len(q), -1, np.int32)
         probes = nearest_centroids(q, self.centroids, nprobe, threads).idx
         m, p = probes.shape
         hits = grouped_topk(q, np.repeat(np.arange(m), p), probes.ravel(), self.vectors, self.offsets, k, threads)
@@ -187,7 +107,7 @@ def document_topk(q: np.ndarray, q_doc: np.ndarray, base: np.ndarray, base_doc: 
     and `near_bonus`, rows are ranked by cosine + `context_bonus` (nearer text first); the
     returned sims are the raw cosines either way."""
     if len(base) == 0:
-        return _empty(len(q), k)
+        return empty_topk(len(q), k)
     docs, codes = np.unique(np.concatenate([base_doc, q_doc]), return_inverse=True)
     b_code, q_code = codes[:len(base_doc)], codes[len(base_doc):]
     order, offsets = sort_by_group(b_code, len(docs))
@@ -197,11 +117,11 @@ def document_topk(q: np.ndarray, q_doc: np.ndarray, base: np.ndarray, base_doc: 
 
         def bonus(r: np.ndarray, a: int, b: int) -> np.ndarray:
             return context_bonus(np.bool_(True), np.abs(q_pos[r, None] - pos[None, a:b]), 0.0, near_bonus)
-    hits = grouped_topk(q, np.arange(len(q)), q_code, _f32(base[order]), offsets, k, threads, bonus)
+    hits = grouped_topk(q, np.arange(len(q)), q_code, f32(base[order]), offsets, k, threads, bonus)
     idx = np.where(hits.idx >= 0, order[np.maximum(hits.idx, 0)], -1)
     if bonus is None:
         return TopK(idx, hits.sims)
-    raw = np.einsum("md,mkd->mk", _f32(q), _f32(base[np.maximum(idx, 0)]))
+    raw = np.einsum("md,mkd->mk", f32(q), f32(base[np.maximum(idx, 0)]))
     return TopK(idx, np.where(idx >= 0, raw, -np.inf).astype(np.float32))
 
 
@@ -238,11 +158,11 @@ def drop_below(hits: TopK, min_sim: float | None) -> TopK:
 def exact_topk(q: np.ndarray, base: np.ndarray, k: int, block: int = 1 << 20) -> TopK:
     """Exact inner-product top-k (faiss IndexFlatIP over blocks of `block` base rows, merged):
     the reference for recall. Memory: one block (float32) at a time."""
-    best = _empty(len(q), k)
-    qf = _f32(q)
+    best = empty_topk(len(q), k)
+    qf = f32(q)
     for a in range(0, len(base), block):
         index = faiss.IndexFlatIP(base.shape[1])
-        index.add(_f32(base[a:a + block]))
+        index.add(f32(base[a:a + block]))
         sims, idx = index.search(qf, k)
         idx = np.where(idx >= 0, idx + a, -1)
         best = merge_topk(np.hstack([best.idx, idx]), np.hstack([best.sims, np.where(idx >= 0, sims, -np.inf)]), k)

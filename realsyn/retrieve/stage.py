@@ -34,21 +34,17 @@ import pyarrow.parquet as pq
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
+from realsyn.centroids import TopK, auto_clusters, nearest_centroids, sort_by_group, train_kmeans
 from realsyn.retrieve import uses
 from realsyn.retrieve.search import (
     ClusterIndex,
-    TopK,
-    auto_clusters,
     context_bonus,
     document_topk,
     drop_below,
     exact_topk,
     hybrid_merge,
-    nearest_centroids,
     recall_at_k,
     similarity_spread,
-    sort_by_group,
-    train_kmeans,
 )
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count

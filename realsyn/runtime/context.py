@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from realsyn.config import Config
-from realsyn.errors import UserError
+from realsyn.errors import PipelineError
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.workspace import Workspace
 
@@ -19,5 +19,4 @@ class Context:
     inputs: list[Path] = field(default_factory=list)
 
 
-class PipelineError(UserError, RuntimeError):
-    """The pipeline cannot proceed (e.g. a stage's input is missing); one-line message."""
+__all__ = ["Context", "PipelineError"]

@@ -9,7 +9,6 @@ memory. The Ray executor (`ray_executor.py`) implements the same contract on a c
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing as mp
 import os
 import signal
@@ -18,13 +17,10 @@ import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from realsyn.errors import UserError
 from realsyn.runtime import mirror
-
-if TYPE_CHECKING:
-    from realsyn.config import RayConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,7 +42,9 @@ class Executor(ABC):
 
     workers: int
     stage: str = ""
-    """The stage whose parts run now (set by the pipeline; named in error messages)."""
+    """The stage whose parts run now (set by the pipeline; named in error messages, keys Ray resources)."""
+    reads: tuple[str, ...] = ()
+    """The workspace folders its workers read (set by the pipeline; a URL workspace's workers pull them)."""
 
     def threads_for(self, tasks: int) -> int:
         """Math-library threads per task when `tasks` tasks are to run: the machine's cores shared
@@ -164,18 +162,3 @@ def _alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
-
-
-def make_executor(kind: str, workers: int = 0, ray: "RayConfig | None" = None) -> Executor:
-    """The executor named in the config: `local`, or `ray` (settings from `runtime.ray`)."""
-    if kind == "local":
-        return LocalExecutor(workers)
-    from realsyn.config import ConfigError
-
-    if kind != "ray":
-        raise ConfigError(f"unknown executor '{kind}'; use 'local' or 'ray'")
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError("executor 'ray' needs Ray: pip install 'realsyn[ray]'")
-    from realsyn.runtime.ray_executor import RayExecutor
-
-    return RayExecutor(ray, workers)

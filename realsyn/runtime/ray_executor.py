@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from realsyn.config import RayConfig
 from realsyn.runtime import mirror
-from realsyn.runtime.context import PipelineError
+from realsyn.errors import PipelineError
 from realsyn.runtime.executor import Executor
 
 T = TypeVar("T")
@@ -91,13 +91,6 @@ def _kill_hook(stage: str) -> Callable[[], None] | None:
 
     threading.Timer(float(os.environ.get(KILL_AFTER, "0.3")), die).start()
     return die
-
-
-def _reads(stage: str) -> tuple[str, ...]:
-    """The workspace folders a stage's workers read (none for a function outside the pipeline)."""
-    from realsyn import pipeline
-
-    return tuple(pipeline.reads(stage)) if stage in pipeline.NAMES else ()
 
 
 def _run_part(fn: Callable[[T], R], task: T, cwd: str, stage: str) -> R:
@@ -214,8 +207,8 @@ class RayExecutor(Executor):
         return _TaskPool(self._remote.options(**self._options(stage)).remote, self.workers or fits)
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        stage, cwd = stage_of(fn), os.getcwd()
-        reads = _reads(stage)
+        stage, cwd = self.stage or stage_of(fn), os.getcwd()
+        reads = self.reads
         yield from self._map(mirror.bind(fn, stage, reads), tasks, stage, cwd)
         if (m := mirror.active()) is not None and reads:  # the parts that workers on other nodes wrote
             m.pull([stage])

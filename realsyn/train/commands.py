@@ -22,9 +22,9 @@ LimitOpt = typer.Option(None, "--limit", help="At most this many images per clas
 
 
 def _overrides(sets: list[str] | None, steps: int | None = None, epochs: float | None = None) -> dict[str, Any]:
-    from realsyn.cli import _overrides as parse
+    from realsyn.console import overrides
 
-    out = parse(sets)
+    out = overrides(sets)
     if steps is not None:
         out.update(steps=steps, epochs=None)
     elif epochs is not None:
@@ -33,20 +33,15 @@ def _overrides(sets: list[str] | None, steps: int | None = None, epochs: float |
 
 
 def _setup(quiet: bool) -> None:
-    import logging
-    import sys
+    from realsyn.console import setup
 
-    from realsyn.runtime.progress import set_quiet
-
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    set_quiet(quiet)
+    setup(quiet)
 
 
 def _guarded(fn: Any) -> Any:
-    from realsyn.cli import _guard
+    from realsyn.console import guard
 
-    return _guard(fn)
+    return guard(fn)
 
 
 def train_cmd(data: Path = typer.Option(..., "--data", "-d", help="Export folder WORK/export/SCALE (WebDataset shards)."),

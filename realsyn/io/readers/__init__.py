@@ -11,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from realsyn.errors import UserError
+from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
 
 
-class InputError(UserError, ValueError):
-    """An input that cannot be read: missing, of an unknown format, or a corrupt container."""
-
-
-from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402  (they import InputError)
+from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402
 from realsyn.io.readers.base import skip_links  # noqa: E402
 
 

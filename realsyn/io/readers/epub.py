@@ -15,7 +15,7 @@ from lxml import etree
 
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers import InputError
+from realsyn.errors import InputError
 from realsyn.io.readers.base import (
     FileRefused,
     Lookup,

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers import InputError
+from realsyn.errors import InputError
 from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item, within_budget
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from realsyn.io.arrow import TOO_LARGE, largest_page, to_records
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers import InputError
+from realsyn.errors import InputError
 from realsyn.io.readers.base import (Seen, base_name, data_uri_item, doc_id, file_item, is_remote, log, norm, skip,
                                      text_item, within_budget)
 
