@@ -94,7 +94,7 @@ class Route:
         from realsyn.config import load_config
         from realsyn.models import load
         from realsyn.synth.guard import Guard
-        from realsyn.synth.prompts import load_prompt
+        from realsyn.prompts import load_prompt
         from realsyn.synth.tokens import counter
 
         overrides = {"synth.prompt": a.prompt, "models.llm": a.llm}

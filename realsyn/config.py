@@ -114,7 +114,7 @@ _RESERVED_SCALES = {"pairs", "clusters"}  # other files of balance/
 
 
 class SynthConfig(_Section):
-    prompt: str = Field("fuse-v1", description="Fusion prompt: a versioned file in realsyn/synth/prompts/ (`fuse-v1`) or a path to a YAML file of the same form; its version is recorded in every row (`prompt_version`). The paper's prompt is unpublished; fuse-v1 is CapsFusion-style, written for this project.")
+    prompt: str = Field("fuse-v1", description="Fusion prompt: a versioned file in realsyn/prompts/ (`fuse-v1`) or a path to a YAML file of the same form; its version is recorded in every row (`prompt_version`). The paper's prompt is unpublished; fuse-v1 is CapsFusion-style, written for this project.")
     per_text: Literal["first", "all"] = Field("first", description="`first`: one synthetic text per image, from its best realistic text R1 (the paper's release); `all`: one per retrieved text (the paper's Table 6 ablation), rows keyed by (image_id, text_index).")
     tags_k: int = Field(5, ge=1, le=100, description="Tags per image given to the LLM (the tagger's top classes; paper: RAM++ tags, threshold unpublished).")
     max_tokens: int = Field(80, ge=1, le=4096, description="Most LLM tokens generated per text.")
@@ -128,7 +128,7 @@ class SynthConfig(_Section):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str) -> str:
-        from realsyn.synth.prompts import load_prompt
+        from realsyn.prompts import load_prompt
 
         load_prompt(value)  # PromptError (a ValueError) names what is wrong
         return value

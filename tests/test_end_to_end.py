@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from realsyn.synth.guard import ngrams, words
-from realsyn.synth.prompts import load_prompt
+from realsyn.prompts import load_prompt
 from realsyn.synth.tokens import counter
 from run_cli import realsyn
 

@@ -22,7 +22,7 @@ from realsyn.synth import stage
 from realsyn.synth.cache import GenerationCache, cache_key
 from realsyn.synth.fuse import CachedLLM, Decoding, Item, fuse
 from realsyn.synth.guard import Guard, clean, fallback_text, ngrams, words
-from realsyn.synth.prompts import PromptError, load_prompt
+from realsyn.prompts import PromptError, load_prompt
 from realsyn.synth.tokens import REGEX, estimate
 
 # One realistic text per photo: names, places and dates the synthetic text should keep.

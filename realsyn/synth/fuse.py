@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from realsyn.models.base import LLM
 from realsyn.synth.cache import GenerationCache, cache_key
 from realsyn.synth.guard import Guard, clean, fallback_text
-from realsyn.synth.prompts import Prompt
+from realsyn.prompts import Prompt
 from realsyn.synth.tokens import TokenCounter
 
 Messages = list[dict[str, Any]]

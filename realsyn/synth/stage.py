@@ -120,7 +120,7 @@ def _fuser(task: _Task) -> tuple[Any, Any, Any, Any]:
     from realsyn.synth.cache import open_cache
     from realsyn.synth.fuse import CachedLLM, Decoding
     from realsyn.synth.guard import Guard
-    from realsyn.synth.prompts import load_prompt
+    from realsyn.prompts import load_prompt
     from realsyn.synth.tokens import counter
 
     cfg, models = task.cfg, task.models

@@ -1,4 +1,4 @@
-"""Versioned fusion prompts: YAML files in `realsyn/synth/prompts/` (or any path to one).
+"""Versioned fusion prompts: YAML files in `realsyn/prompts/` (or any path to one).
 
 A prompt file has `version` (recorded in every output row as `prompt_version`), `system` (the
 instruction), `user` (a template with `{caption}`, `{tags}` and `{text}`) and `examples` (few-shot
@@ -78,7 +78,7 @@ def _parse(data: object, where: str) -> Prompt:
 
 def available() -> list[str]:
     """Names of the prompts shipped with the package."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files(__package__).joinpath("prompts").iterdir()
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(__package__).iterdir()
                   if p.name.endswith(".yaml"))
 
 
@@ -104,7 +104,7 @@ def load_prompt(name: str) -> Prompt:
 def _shipped(name: str) -> Prompt:
     if name not in available():
         raise PromptError(f"unknown prompt '{name}'; available: {', '.join(available())}")
-    prompt = _parse(yaml.safe_load(resources.files(__package__).joinpath("prompts", f"{name}.yaml").read_text()), name)
+    prompt = _parse(yaml.safe_load(resources.files(__package__).joinpath(f"{name}.yaml").read_text()), name)
     if prompt.version != name:
         raise PromptError(f"prompt file {name}.yaml declares version '{prompt.version}'")
     return prompt
