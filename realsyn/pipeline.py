@@ -64,9 +64,10 @@ def run_stage(ctx: Context, name: str) -> dict:
     progress.set_sink(lambda p: write_json({"stage": name, **p}, ctx.ws.progress_path))
     try:
         return module.run(ctx, key)
-    finally:
+    finally:  # the progress file exists while a stage runs (or after a run that was killed)
         progress.set_sink(None)
         ctx.executor.stage, ctx.executor.reads = "", ()
+        ctx.ws.progress_path.unlink(missing_ok=True)
 
 
 def run(ctx: Context, until: str | None = None) -> dict[str, dict]:
