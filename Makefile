@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/realsyn demo --out demo-out
 
-test: install
+# lint first (seconds): ruff with the rule set in pyproject.toml, mypy on the package
+lint: install
+	$(BIN)/ruff check realsyn tests benchmarks
+	$(BIN)/mypy realsyn
+
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: install

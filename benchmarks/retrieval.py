@@ -27,8 +27,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from realsyn.config import RetrieveConfig
 from realsyn.centroids import auto_clusters, train_kmeans
+from realsyn.config import RetrieveConfig
 from realsyn.retrieve.search import ClusterIndex, recall_at_k
 from realsyn.runtime.executor import cpu_count
 
@@ -120,7 +120,7 @@ def main() -> None:
            for name, r in runs.items()}
     seconds = fastest({**fns, "exact": lambda: flat.search(images[sub], args.k)}, args.repeat)
     exact_per_image = seconds["exact"] / len(sub)
-    del ivf, flat
+    ivf = flat = None  # freed before the timings are summarised
     for name, r in runs.items():
         r["seconds"] = seconds[name]
     default, high, ivf_default, ivf_high = (runs[n] for n in ("default", "high", "ivf_default", "ivf_high"))

@@ -93,8 +93,8 @@ class Route:
     def __init__(self, a: argparse.Namespace) -> None:
         from realsyn.config import load_config
         from realsyn.models import load
-        from realsyn.synth.guard import Guard
         from realsyn.prompts import load_prompt
+        from realsyn.synth.guard import Guard
         from realsyn.synth.tokens import counter
 
         overrides = {"synth.prompt": a.prompt, "models.llm": a.llm}

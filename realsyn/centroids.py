@@ -49,6 +49,7 @@ def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: in
     km = faiss.Kmeans(d, clusters, niter=niter, seed=seed, spherical=True, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=len(sample) + 1)
     km.train(f32(sample))
+    assert km.centroids is not None  # set by train
     return f32(km.centroids)
 
 

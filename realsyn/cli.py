@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import typer
 
@@ -17,6 +17,7 @@ from realsyn.io.readers import InputError
 from realsyn.runtime.context import Context
 from realsyn.runtime.launch import make_executor
 from realsyn.runtime.workspace import Workspace, input_copy, write_text
+from realsyn.train.commands import register as register_train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn interleaved image-text documents into CLIP pre-training data (RealSyn).")
@@ -107,27 +108,27 @@ def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None
 
 
 @app.command()
-def run(inputs: List[str] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders), local or fsspec URLs (s3://, gs://, https://)."),
-        out: str = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
-        config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-        executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+def run(inputs: list[str] = typer.Argument(..., help="Input files or folders (.zim, .parquet, .jsonl[.gz], .warc[.gz], .epub, HTML folders), local or fsspec URLs (s3://, gs://, https://)."),
+        out: str = OutOpt, until: str | None = typer.Option(None, help="Stop after this stage."),
+        config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+        executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
         as_json: bool = JsonOpt) -> None:
     """Run the pipeline on INPUT... into WORK, resuming where it stopped."""
     _run(inputs, out, until, config, set_, executor, workers, quiet, as_json)
 
 
 @app.command()
-def extract(inputs: List[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: str = OutOpt,
-            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-            executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+def extract(inputs: list[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: str = OutOpt,
+            config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+            executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
             as_json: bool = JsonOpt) -> None:
     """Extract and filter images and sentences (the first stage)."""
     _run(inputs, out, "extract", config, set_, executor, workers, quiet, as_json)
 
 
 def _stage_command(name: str) -> Callable[..., None]:
-    def command(out: str = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-                executor: Optional[str] = ExecOpt, workers: Optional[int] = WorkersOpt, quiet: bool = QuietOpt,
+    def command(out: str = OutOpt, config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+                executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
                 as_json: bool = JsonOpt) -> None:
         guard(lambda: _one_stage(name, _context(out, config, set_, executor, workers, quiet), as_json))
 
@@ -154,8 +155,8 @@ for _name in pipeline.NAMES[1:]:
 
 @app.command()
 def balance(out: str = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
-            cap: Optional[List[int]] = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
-            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt,
+            cap: list[int] | None = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
+            config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, quiet: bool = QuietOpt,
             as_json: bool = JsonOpt) -> None:
     """Run the balance stage (similarity band, k-means, capped draw per named scale)."""
     from realsyn.balance import stage as balance_stage
@@ -240,14 +241,14 @@ def models_cmd() -> None:
 
 
 @app.command("config")
-def config_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Show this file resolved against the defaults.")) -> None:
+def config_cmd(config: Path | None = typer.Option(None, "--config", "-c", help="Show this file resolved against the defaults.")) -> None:
     """Print the config (defaults, or a file resolved), every value documented."""
     guard(lambda: typer.echo(to_yaml(load_config(config)), nl=False))
 
 
 @app.command()
-def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Stop after this stage."),
-         quiet: bool = QuietOpt, workers: Optional[int] = WorkersOpt, as_json: bool = JsonOpt) -> None:
+def demo(out: Path = OutOpt, until: str | None = typer.Option(None, help="Stop after this stage."),
+         quiet: bool = QuietOpt, workers: int | None = WorkersOpt, as_json: bool = JsonOpt) -> None:
     """Run the pipeline on the built-in demo corpus (real photos from scikit-image, scikit-learn, matplotlib)."""
     from realsyn.demo import materialize
 
@@ -255,8 +256,7 @@ def demo(out: Path = OutOpt, until: Optional[str] = typer.Option(None, help="Sto
     _run([str(corpus)], str(out / "work"), until, None, None, None, workers, quiet, as_json)  # ends with the paths
 
 
-from realsyn.train.commands import register as _register_train
-_register_train(app)
+register_train(app)
 
 
 def main() -> None:  # pragma: no cover

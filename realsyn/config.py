@@ -160,17 +160,20 @@ class BalanceConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> "BalanceConfig":
+    def _ordered(self) -> BalanceConfig:
         if self.lower_quantile > self.upper_quantile or self.min_sim > self.max_sim:
             raise ValueError("the band's lower bound is above its upper bound")
         return self
+
+
+ImageExt = Literal["jpg", "png", "webp", "gif", "bmp", "tiff"]
 
 
 class ExportConfig(_Section):
     samples_per_shard: int = Field(10_000, ge=1, le=1_000_000, description="Samples per tar shard (img2dataset's default); key = shard * 10^ceil(log10(samples_per_shard)) + index, 9 digits by default.")
     image_format: Literal["jpg", "keep"] = Field("jpg", description="`jpg`: every image of an export is a JPEG (`KEY.jpg`; JPEG originals written as they are, others re-encoded at jpeg_quality), so every loader sees one image column: HF `datasets` reads a WebDataset shard's image column from its first sample's extension and drops rows that lack it. `keep`: original formats (jpg, png, webp per keep_formats), as img2dataset's skip_reencode.")
     reencode: bool = Field(False, description="Re-encode every image to JPEG. Off: the original bytes are written (RealSyn's recipe: img2dataset's skip_reencode), except images that are resized or whose format is not in keep_formats.")
-    keep_formats: list[Literal["jpg", "png", "webp", "gif", "bmp", "tiff"]] = Field(default_factory=lambda: ["jpg", "png", "webp"], description="Formats written as they are; other images are re-encoded to JPEG (OpenCLIP reads only jpg, jpeg, png and webp).")
+    keep_formats: list[ImageExt] = Field(default_factory=lambda: list[ImageExt](["jpg", "png", "webp"]), description="Formats written as they are; other images are re-encoded to JPEG (OpenCLIP reads only jpg, jpeg, png and webp).")
     resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = Field("no", description="img2dataset's resize: `no`; `keep_ratio` (shorter side = image_size); `center_crop` (keep_ratio, then the central square); `border` (longer side = image_size, padded to a white square). Resized images are JPEG.")
     image_size: int = Field(224, ge=8, le=8192, description="Target size of resize_mode (RealSyn's download recipe: 224).")
     resize_only_if_bigger: bool = Field(True, description="Resize only images larger than image_size (the shorter side; the longer one for `border`); smaller images are left as they are (RealSyn's recipe).")
@@ -369,7 +372,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"config {path} must be a YAML mapping")
     defaults = Config().model_dump()
     for key, value in (overrides or {}).items():
-        node, default = data, defaults
+        node, default = data, defaults  # type: dict[str, Any], Any
         *parents, leaf = key.split(".")
         for p in parents:  # a partial override of a mapping (e.g. train.text_probs.syn_text) keeps its defaults
             default = default.get(p) if isinstance(default, dict) else None

@@ -82,14 +82,16 @@ def similar_pairs(emb: np.ndarray, threshold: float, exact_limit: int = 200_000,
     n, d = x.shape
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    index: faiss.Index
     if n <= exact_limit:
         index = faiss.IndexFlatIP(d)
     else:
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, max(1, n // per_list), faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(x)
-        index.nprobe = 1
+        ivf = faiss.IndexIVFFlat(quantizer, d, max(1, n // per_list), faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.seed = seed
+        ivf.train(x)
+        ivf.nprobe = 1
+        index = ivf
     index.add(x)
     lims, _, labels = index.range_search(x, float(threshold))
     rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))

@@ -16,11 +16,11 @@ from realsyn.export import stage as export
 from realsyn.extract import stage as extract
 from realsyn.report import stage as report
 from realsyn.retrieve import stage as retrieve
-from realsyn.synth import stage as synth
-from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime import progress
+from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.mirror import INPUTS
 from realsyn.runtime.workspace import write_json
+from realsyn.synth import stage as synth
 
 log = logging.getLogger(__name__)
 

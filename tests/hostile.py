@@ -43,7 +43,7 @@ GOOD_TEXT = [
 ]
 # windows-1252 text (no charset declared) and a page that mixes UTF-8 with stray Latin-1 bytes
 CP1252_TEXT = "The café owner serves crème brûlée and naïve visitors love the façade of the building."
-MIXED = ("Ein Bäcker in München verkauft frische Brezeln an die Gäste des Marktes.".encode("utf-8")
+MIXED = ("Ein Bäcker in München verkauft frische Brezeln an die Gäste des Marktes.".encode()
          + b" The caf\xe9 next door sells coffee to the tourists who visit the old town square.")
 
 

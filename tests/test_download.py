@@ -21,7 +21,7 @@ from PIL import Image
 
 from realsyn.config import DownloadConfig
 from realsyn.io.documents import Document, Item
-from realsyn.io.download import Downloader, DownloadCache, download_documents, public, robots_disallowed
+from realsyn.io.download import DownloadCache, Downloader, download_documents, public, robots_disallowed
 
 
 def _png(seed: int, size=(160, 120)) -> bytes:

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
-
-from realsyn.synth.guard import ngrams, words
-from realsyn.prompts import load_prompt
-from realsyn.synth.tokens import counter
 from run_cli import realsyn
+
+from realsyn.prompts import load_prompt
+from realsyn.synth.guard import ngrams, words
+from realsyn.synth.tokens import counter
 
 pytestmark = pytest.mark.slow
 STOP = {"a", "an", "the", "of", "or", "and", "photo", "in", "on", "with", "to", "is"}

@@ -128,7 +128,7 @@ def test_sigkill_midway_then_resume_gives_identical_tables(tmp_path, data_dir, z
 ])
 def test_other_formats(tmp_path, data_dir, rel, expect):
     counts = extract([data_dir / rel], tmp_path)
-    t = check_accounting(tmp_path, counts)
+    check_accounting(tmp_path, counts)
     print(f"\n{rel}: {counts}")
     assert counts["sentences"]["kept"] > 0
     if expect == "mmc4":

@@ -15,8 +15,15 @@ from PIL import Image
 
 from realsyn.extract.images import hamming, inspect_image
 from realsyn.extract.sentences import (
-    REASONS, cat_check, has_emoji, has_url, normalise_for_dedup, sentence_reason,
-    split_sentences, text_hash, word_entropy,
+    REASONS,
+    cat_check,
+    has_emoji,
+    has_url,
+    normalise_for_dedup,
+    sentence_reason,
+    split_sentences,
+    text_hash,
+    word_entropy,
 )
 
 PROSE = ("Dr. Smith went to Washington, D.C. on Jan. 5th to meet the U.S. president. "

@@ -10,11 +10,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import bombs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import bombs
 from realsyn.config import ExtractConfig
 from realsyn.io.policy import ReadPolicy, from_config
 from realsyn.io.readers import read_documents

@@ -3,10 +3,8 @@ property-based tests of the sentence splitter and the text filters."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -15,12 +13,12 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
+import hostile
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hostile
 from realsyn.config import ConfigError, ExportConfig, ExtractConfig, load_config
 from realsyn.export.shards import sample_key, write_tar
 from realsyn.extract.records import extract_documents

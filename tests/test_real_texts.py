@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from run_cli import realsyn
 
 from realsyn.io.readers.html import FIGURE_LABEL
-from run_cli import realsyn
 
 pytestmark = pytest.mark.slow
 CORPORA = {"gutenberg": ["gutenberg/30621-h"], "warc": ["warc-outside"], "zim": ["wiki-raycharles"]}

@@ -13,10 +13,10 @@ from pathlib import Path
 import fsspec
 import pyarrow.parquet as pq
 import pytest
+from run_cli import realsyn
 
 from realsyn.io.readers import InputError
 from realsyn.io.remote import FOLDER, is_url, localize
-from run_cli import realsyn
 
 
 @pytest.fixture()

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from realsyn.centroids import TopK, train_kmeans
 from realsyn.config import load_config
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
 from realsyn.retrieve import stage as retrieve
-from realsyn.retrieve.uses import accept, move_to_front, text_keys
-from realsyn.centroids import TopK, train_kmeans
 from realsyn.retrieve.search import ClusterIndex, document_topk, drop_below, exact_topk, hybrid_merge, recall_at_k
+from realsyn.retrieve.uses import accept, move_to_front, text_keys
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace, part_name, write_table

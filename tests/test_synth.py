@@ -15,6 +15,7 @@ import pytest
 
 from realsyn.config import load_config
 from realsyn.models.template_llm import TemplateLLM
+from realsyn.prompts import PromptError, load_prompt
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace
@@ -22,7 +23,6 @@ from realsyn.synth import stage
 from realsyn.synth.cache import GenerationCache, cache_key
 from realsyn.synth.fuse import CachedLLM, Decoding, Item, fuse
 from realsyn.synth.guard import Guard, clean, fallback_text, ngrams, words
-from realsyn.prompts import PromptError, load_prompt
 from realsyn.synth.tokens import REGEX, estimate
 
 # One realistic text per photo: names, places and dates the synthetic text should keep.

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, ZIM
+from test_model_plugins import _save_tiny
 from typer.testing import CliRunner
 
 from realsyn.cli import app
@@ -20,9 +22,6 @@ from realsyn.config import ConfigError
 from realsyn.train import metrics
 from realsyn.train.config import TEXT_FIELDS, load_train_config
 from realsyn.train.data import draw_text
-
-from conftest import DATA, ZIM
-from test_model_plugins import _save_tiny
 
 CIFAR = DATA / "cifar10"
 TINY = ["image_size=32", "patch_size=8", "vision_width=64", "text_width=64", "vision_layers=2", "text_layers=2",

@@ -54,8 +54,9 @@ def test_local_executor_runs_every_task(workers):
 
 def test_status_shows_tasks_done_of_a_running_stage(tmp_path, monkeypatch):
     """`realsyn status` from another shell, while a stage runs: tasks done / total, items, rate."""
-    from realsyn.runtime import progress
     from run_cli import realsyn
+
+    from realsyn.runtime import progress
 
     ws = Workspace(tmp_path)
     ws.begin("embed", "some-key")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from hostile import GOOD_TEXT, _photo, _save
 from run_cli import realsyn
 

@@ -26,13 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.balance import sampling
+from realsyn.centroids import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.config import BalanceConfig
 from realsyn.embed.stage import read_embeddings
-from realsyn.centroids import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
-from realsyn.synth import stage as synth_stage
 from realsyn.runtime.workspace import Workspace, summarize, write_table
+from realsyn.synth import stage as synth_stage
 
 NAME = "balance"
 REASONS = (None, "no_synthetic_text", "no_embedding", "below_band", "above_band")  # code 0 = kept

@@ -113,7 +113,7 @@ def _calibrate(task: _Calibration) -> tuple[np.ndarray, np.ndarray]:
     from realsyn.models import load
 
     torch.set_num_threads(task.threads)
-    rng, images = np.random.default_rng(task.seed), []
+    rng, images = np.random.default_rng(task.seed), list[bytes]()
     for i in rng.permutation(task.parts):
         ids = kept_rows(task.extract_dir, "images", int(i), ["image_id"])["image_id"].to_pylist()
         want = set(rng.permutation(ids)[:task.sample - len(images)].tolist()) if ids else set()

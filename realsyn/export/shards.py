@@ -71,7 +71,7 @@ def encode_image(data: bytes, opts: ExportConfig) -> Encoded:
     """The bytes to write: the original when allowed, else JPEG (resized as configured).
     Raises OSError / ValueError for data that is not a readable image."""
     with Image.open(io.BytesIO(data)) as probe:
-        ext, (w, h) = PIL_EXTENSIONS.get(probe.format or ""), probe.size
+        ext, (w, h) = PIL_EXTENSIONS.get(probe.format or "", ""), probe.size
     keep = not opts.reencode and ext in opts.keep_formats and (opts.image_format == "keep" or ext == "jpg")
     if keep and opts.resize_mode == "no":
         return Encoded(data, ext, w, h, w, h)

@@ -113,7 +113,7 @@ def _samples(task: _Task, metas: list[dict[str, Any]]) -> Iterator[list]:
 def _write_shard(task: _Task) -> int:
     """Write one shard: tar, parquet, then stats (runs in a worker)."""
     start = time.time()
-    name, metas = shard_name(task.shard), []
+    name, metas = shard_name(task.shard), list[dict[str, Any]]()
     successes = write_tar(task.out / f"{name}.tar", _samples(task, metas))
     write_table(pa.Table.from_pylist(metas, META_SCHEMA), task.out / f"{name}.parquet")
     status = Counter(m["status"] for m in metas)
@@ -121,7 +121,7 @@ def _write_shard(task: _Task) -> int:
     stats = {"count": len(metas), "successes": successes, **{f: status.get(f, 0) for f in FAILURES},
              "duration": round(end - start, 3), "start_time": start, "end_time": end, "status_dict": dict(status)}
     write_json(stats, task.out / f"{name}_stats.json")
-    return stats["count"]
+    return len(metas)
 
 
 def _scale_file(ctx: Context, scale: str) -> Path:

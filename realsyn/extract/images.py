@@ -119,7 +119,7 @@ def _inspect(data: bytes, sha: str, min_side: int, min_aspect: float, max_aspect
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt TIFF tags
         try:
-            im = Image.open(io.BytesIO(data), formats=FORMATS)  # lazy: reads the header only
+            im: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)  # lazy: reads the header only
         except Image.DecompressionBombError:
             return verdict("decompression_bomb")
         except Exception:  # noqa: BLE001 - UnidentifiedImageError, or a plugin choking on a header

@@ -35,9 +35,9 @@ class PartRows:
     member referenced many times) is decoded and hashed once."""
 
 
-IMAGE_COLUMNS = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
+IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
                  "url", "alt", "caption", "source", "status", "reason", "path")
-SENTENCE_COLUMNS = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "language",
+SENTENCE_COLUMNS: tuple[str, ...] = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "language",
                     "perplexity", "text_hash", "source", "status", "reason", "kind")
 KINDS = ("sentence", "caption", "alt")
 """What a pool text is: a sentence of the prose, an image's figure caption, or its alt text."""
@@ -118,7 +118,7 @@ def apply_models(rows: PartRows, cfg: ExtractConfig, scorers: Scorers) -> None:
                       "nsfw", lambda p: p > cfg.images.max_nsfw, column="nsfw")
     if scorers.language is not None and f.languages:
         _reject_where(s, s["text"], scorers.language, "language",
-                      lambda r: r[0] not in f.languages or r[1] < f.min_language_score,
+                      lambda r: r[0] not in (f.languages or ()) or r[1] < f.min_language_score,
                       column="language", value=lambda r: r[0])
     if scorers.perplexity is not None:
         _reject_where(s, s["text"], scorers.perplexity, "perplexity",  # prose only: captions are no prose

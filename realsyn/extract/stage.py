@@ -188,7 +188,7 @@ def _dedup_images(out: Path, cfg: Config, n_parts: int) -> Counter:
     phash = t.column("phash").fill_null(0).to_numpy()
     near = near_duplicates(phash, unique, cfg.extract.images.phash_distance)
     group = np.where(near >= 0, near, exact)
-    reasons = {i: ("near_duplicate" if near[i] >= 0 else "duplicate") for i in
+    reasons = {int(i): ("near_duplicate" if near[i] >= 0 else "duplicate") for i in
                np.flatnonzero((group >= 0) & (group != np.arange(len(t))))}
     return _finalize(out, "images", n_parts, group, reasons, "image_id")
 

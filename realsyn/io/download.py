@@ -36,8 +36,14 @@ from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urljoin
 
 import urllib3
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError, LocationParseError, NewConnectionError,
-                                ReadTimeoutError, SSLError)
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from realsyn.config import DownloadConfig, host_rule
 from realsyn.io.documents import Document, stable_id
@@ -193,7 +199,7 @@ class Downloader:
         try:
             return pool.urlopen("GET", u.request_uri, headers=headers, redirect=False, retries=False,
                                 preload_content=False, assert_same_host=False, release_conn=False)
-        except (ConnectTimeoutError, ReadTimeoutError, socket.timeout, TimeoutError):
+        except (ConnectTimeoutError, ReadTimeoutError, TimeoutError):
             raise _Fail("timeout") from None
         except SSLError:
             raise _Fail("ssl_error") from None
@@ -215,7 +221,7 @@ class Downloader:
                     raise _Fail("too_large")
                 if time.monotonic() > deadline:
                     raise _Fail("timeout")
-        except (ReadTimeoutError, socket.timeout, TimeoutError):
+        except (ReadTimeoutError, TimeoutError):
             raise _Fail("timeout") from None
         except (HTTPError, OSError):
             raise _Fail("connection_error") from None
@@ -337,14 +343,14 @@ def download_documents(docs: Sequence[Document], cfg: DownloadConfig, cache: Dow
     reused, everything else is fetched (`threads` at a time). A failed item gets
     `error='download_<error>'`. Returns one record per distinct URL, in order of appearance."""
     items = [i for d in docs for i in d.items if i.kind == "image" and i.data is None and i.url and not i.error]
-    urls = list(dict.fromkeys(i.url for i in items))
+    urls = list(dict.fromkeys(i.url for i in items if i.url))
     results = {u: r for u in urls if (r := cache.get(u)) is not None}
     todo = [u for u in urls if u not in results]
     for res in (downloader or Downloader(cfg)).fetch_many(todo):
         cache.put(res)
         results[res.url] = res
     for item in items:
-        res = results[item.url]
+        res = results[item.url or ""]  # every item here has a URL (see `items`)
         if res.status == "ok":
             item.data = res.data
         else:

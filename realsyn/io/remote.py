@@ -23,7 +23,8 @@ from fsspec.callbacks import TqdmCallback
 
 from realsyn.io.readers import InputError
 from realsyn.runtime import mirror
-from realsyn.runtime.mirror import INPUTS as FOLDER, is_url, local_path
+from realsyn.runtime.mirror import INPUTS as FOLDER
+from realsyn.runtime.mirror import is_url, local_path
 from realsyn.runtime.progress import bar_options
 
 log = logging.getLogger(__name__)

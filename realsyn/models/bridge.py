@@ -24,6 +24,7 @@ import numpy as np
 from realsyn.models import cache, effnet, registry
 from realsyn.models.minilm import MiniLMEmbedder, model_dir
 
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 

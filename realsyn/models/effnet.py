@@ -16,9 +16,9 @@ eager mode (`inference_mode`, default batch 16). Spec: `effnet[:BATCH]`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -150,10 +150,9 @@ class EffnetClassifier:
 
     def __init__(self, device: str = "cpu", batch_size: int | None = None, threads: int | None = None) -> None:
         self.device, self.threads = device, threads or cpu_count()
-        self._run = self._onnx_runner() if device == "cpu" else None
-        self.engine = "onnxruntime" if self._run else "torch"
-        if self._run is None:
-            self._run = self._torch_runner()
+        onnx = self._onnx_runner() if device == "cpu" else None
+        self.engine = "onnxruntime" if onnx else "torch"
+        self._run: Callable[[np.ndarray], np.ndarray] = onnx or self._torch_runner()
         self.batch_size = batch_size or (ORT_BATCH if self.engine == "onnxruntime" else BATCH)
 
     def _onnx_runner(self) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -179,7 +178,7 @@ class EffnetClassifier:
 
         return run
 
-    def _logits(self, items: Sequence[Any], prepare: Callable[[Sequence[Any]], np.ndarray]) -> np.ndarray:
+    def _logits(self, items: Sequence[Any] | np.ndarray, prepare: Callable[[Any], np.ndarray]) -> np.ndarray:
         """(N, 1000) logits of `items` in batches; `prepare` turns a batch into uint8 NHWC crops.
         With onnxruntime each thread prepares and runs its own batch; torch runs one batch at a time."""
         if not len(items):
@@ -204,12 +203,12 @@ def classifier(device: str = "cpu", batch_size: int | None = None) -> EffnetClas
     return _shared_classifier(device, batch_size)
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def _shared_classifier(device: str, batch_size: int | None) -> EffnetClassifier:
     return EffnetClassifier(device, batch_size)
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k WordNet lemma strings in class-index order ("tench, Tinca tinca", ...)."""
     names = (Path(__file__).parent / "data" / "imagenet_classes.txt").read_text("utf-8").splitlines()

@@ -53,7 +53,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     chunk: list[Any] = []
     used = 0
     for item in items:
-        px = declared_pixels(item) if isinstance(item, (bytes, bytearray)) else 0
+        px = declared_pixels(bytes(item)) if isinstance(item, (bytes, bytearray)) else 0
         if chunk and (len(chunk) >= size or used + px > budget):
             yield chunk
             chunk, used = [], 0

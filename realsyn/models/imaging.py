@@ -10,7 +10,8 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-S, T = TypeVar("S"), TypeVar("T")
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -20,10 +21,10 @@ def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
     sides >= `min_side` pixels: several times faster for large photos, same result after a resize.
     Raises `PIL.UnidentifiedImageError` / `OSError` for data that is not an image.
     """
-    image = Image.open(io.BytesIO(data))
-    if min_side and image.format == "JPEG":
-        image.draft("RGB", (min_side, min_side))
-    image = ImageOps.exif_transpose(image)
+    opened = Image.open(io.BytesIO(data))
+    if min_side and opened.format == "JPEG":
+        opened.draft("RGB", (min_side, min_side))
+    image: Image.Image = ImageOps.exif_transpose(opened)
     if image.mode != "RGB":
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")  # composite transparency on white, not on black
@@ -82,6 +83,6 @@ def sample_photos() -> dict[str, bytes]:
         buf = io.BytesIO()
         Image.fromarray(array).save(buf, "JPEG", quality=90)
         out[name] = buf.getvalue()
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
+    with open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb") as f:
         out["grace_hopper"] = f.read()
     return out

@@ -80,7 +80,7 @@ class MiniLMEmbedder:
             torch.set_num_threads(threads)
         self.batch_size = batch_size
         self.model = st.SentenceTransformer(str(model_dir()), device=device, local_files_only=True)
-        self._session = None
+        self._session: Any = None
         if device == "cpu":
             try:
                 self._session = cache.ort_session(onnx_path(), threads)

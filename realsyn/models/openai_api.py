@@ -71,7 +71,7 @@ class Client:
         self._slots = threading.BoundedSemaphore(concurrency)
 
     @classmethod
-    def from_spec(cls, args: str) -> "Client":
+    def from_spec(cls, args: str) -> Client:
         """`URL[?opt=value...]#MODEL` -> Client."""
         url, _, model = args.partition("#")
         url, _, query = url.partition("?")

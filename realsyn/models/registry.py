@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from realsyn.errors import UserError
@@ -103,7 +103,7 @@ def batch_bytes() -> int:
     return _BATCH_BYTES[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(role: str, spec: str, device: str = "auto") -> Any:
     """The backend for `role` named by `spec` (`NAME` or `NAME:ARGS`), built once per process.
     A bad spec is a one-line ModelError that shows the backend's syntax."""

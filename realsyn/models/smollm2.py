@@ -60,7 +60,7 @@ def _load_transformers(gguf: Path) -> tuple[Any, Any]:
     kw: dict[str, Any] = dict(gguf_file=gguf.name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kw)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-    model.hf_quantizer = None  # the weights are plain fp32 now; the GGUF "quantizer" blocks saving
+    model.hf_quantizer = None  # type: ignore[assignment]  # the weights are plain fp32 now; the GGUF "quantizer" blocks saving
     del model.config.quantization_config
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     try:
@@ -149,13 +149,13 @@ class TransformersSmolLM2:
         """A transformers stopping criterion ending each row whose new text satisfies `stop`."""
         if stop is None:
             return None
-        tok, torch = self.tokenizer, self.torch
+        tok, torch, stop_at = self.tokenizer, self.torch, stop
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Rows(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                 texts = tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-                return torch.tensor([stop(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+                return torch.tensor([stop_at(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([Rows()])
 
@@ -225,10 +225,6 @@ class LlamaCppSmolLM2:
     def __init__(self, gguf: Path) -> None:
         llama_cpp = registry.require("llama_cpp", "llama-cpp-python")
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, logits_all=True, seed=0, verbose=False)
-
-    def _pad(self, rows: list[list[int]], side: str, length: int | None = None) -> Any:
-        kw = {"padding": "max_length", "max_length": length} if length else {}
-        return self.tokenizer.pad({"input_ids": rows}, padding_side=side, return_tensors="pt", **kw).to(self.device)
 
     def generate(self, prompts: Sequence[list[dict]], *, max_tokens: int = 96,
                  temperature: float = 0.0, seed: int = 0) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -100,7 +100,7 @@ def load_prompt(name: str) -> Prompt:
     return _shipped(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shipped(name: str) -> Prompt:
     if name not in available():
         raise PromptError(f"unknown prompt '{name}'; available: {', '.join(available())}")

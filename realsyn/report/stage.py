@@ -244,7 +244,9 @@ def _pick_samples(folder: Path, n: int, seed: int) -> list[dict[str, Any]]:
                 key, _, ext = member.name.partition(".")
                 if key not in samples and len(samples) > max(wanted):
                     break
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                data = tar.extractfile(member)
+                if data is not None:
+                    samples.setdefault(key, {})[ext] = data.read()
         out += [s for i, s in enumerate(samples.values()) if i in wanted]
     return out
 

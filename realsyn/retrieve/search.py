@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from realsyn.centroids import TopK, empty_topk, f32, top_cols, nearest_centroids, sort_by_group
+from realsyn.centroids import TopK, empty_topk, f32, nearest_centroids, sort_by_group, top_cols
 from realsyn.runtime.executor import cpu_count
 
 Bonus = Callable[[np.ndarray, int, int], np.ndarray]  # (query rows, a, b) -> scores added to base[a:b]
@@ -74,7 +74,7 @@ class ClusterIndex:
     order: np.ndarray  # (n,) int64
 
     @classmethod
-    def build(cls, x: np.ndarray, centroids: np.ndarray, threads: int = 0) -> "ClusterIndex":
+    def build(cls, x: np.ndarray, centroids: np.ndarray, threads: int = 0) -> ClusterIndex:
         """Assign every row to its nearest centroid and sort. Memory: a sorted copy of x."""
         labels = nearest_centroids(x, centroids, 1, threads).idx[:, 0]
         order, offsets = sort_by_group(labels, len(centroids))
@@ -116,7 +116,7 @@ def document_topk(q: np.ndarray, q_doc: np.ndarray, base: np.ndarray, base_doc: 
         pos = np.asarray(base_pos)[order]
 
         def bonus(r: np.ndarray, a: int, b: int) -> np.ndarray:
-            return context_bonus(np.bool_(True), np.abs(q_pos[r, None] - pos[None, a:b]), 0.0, near_bonus)
+            return context_bonus(np.ones(1, bool), np.abs(q_pos[r, None] - pos[None, a:b]), 0.0, near_bonus)
     hits = grouped_topk(q, np.arange(len(q)), q_code, f32(base[order]), offsets, k, threads, bonus)
     idx = np.where(hits.idx >= 0, order[np.maximum(hits.idx, 0)], -1)
     if bonus is None:

@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from realsyn.centroids import TopK, auto_clusters, nearest_centroids, sort_by_group, train_kmeans
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
-from realsyn.centroids import TopK, auto_clusters, nearest_centroids, sort_by_group, train_kmeans
 from realsyn.retrieve import uses
 from realsyn.retrieve.search import (
     ClusterIndex,
@@ -152,7 +152,7 @@ def _spread(ctx: Context, x: np.ndarray, n_parts: int, sample: int = 2048) -> fl
     """`similarity_spread` on a seeded sample of kept images (parts in a seeded order) and texts."""
     rng = np.random.default_rng(ctx.cfg.runtime.seed)
     texts = x[np.sort(rng.choice(len(x), min(len(x), 2 * sample), replace=False))] if len(x) else x
-    kept, starts, images = _load(ctx.ws.dir(NAME) / "images_kept.npy"), [0], []
+    kept, starts, images = _load(ctx.ws.dir(NAME) / "images_kept.npy"), [0], list[np.ndarray]()
     for i in range(n_parts):
         starts.append(starts[-1] + pq.ParquetFile(ctx.ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows)
     for i in rng.permutation(n_parts):
@@ -281,7 +281,7 @@ def _plan(work: Path, starts: np.ndarray, cfg: RetrieveConfig, threads: int) -> 
 
 def _summary(paths: list[Path]) -> dict:
     """Counts, top-1 similarity (mean and percentiles, from a histogram) and same-doc share."""
-    counts, hist = Counter(), np.zeros(_BINS, np.int64)
+    counts, hist = Counter[str](), np.zeros(_BINS, np.int64)
     total, same, texts = 0.0, 0, 0
     for p in paths:
         t = pq.read_table(p, columns=["sims", "same_doc", "reason"])

@@ -69,10 +69,10 @@ class Executor(ABC):
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         """Yield `fn(task)` for every task, in completion order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default, not abstract: an executor without workers has nothing to release
         """Release workers (a no-op where there are none)."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

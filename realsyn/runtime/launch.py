@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from realsyn.config import RayConfig
 
 
-def make_executor(kind: str, workers: int = 0, ray: "RayConfig | None" = None) -> Executor:
+def make_executor(kind: str, workers: int = 0, ray: RayConfig | None = None) -> Executor:
     """The executor named in the config: `local`, or `ray` (settings from `runtime.ray`)."""
     if kind == "local":
         return LocalExecutor(workers)

@@ -70,7 +70,7 @@ class StoreError(UserError, RuntimeError):
 def _store_call(method: Callable[..., R]) -> Callable[..., R]:
     """Turn a failure of the store into a one-line StoreError naming the workspace."""
     @functools.wraps(method)
-    def wrapper(self: "Mirror", *args: object, **kwargs: object) -> R:
+    def wrapper(self: Mirror, *args: object, **kwargs: object) -> R:
         try:
             return method(self, *args, **kwargs)
         except StoreError:
@@ -90,7 +90,7 @@ class Mirror:
         self.fs, self.base = fsspec.core.url_to_fs(self.url)
 
     @classmethod
-    def for_url(cls, url: str, scratch: Path | None = None) -> "Mirror":
+    def for_url(cls, url: str, scratch: Path | None = None) -> Mirror:
         key = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
         return cls(url, (scratch or default_scratch()) / key)
 

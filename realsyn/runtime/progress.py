@@ -34,6 +34,7 @@ class _LogBar(tqdm):
     count, rate and ETA every LOG_SECONDS instead of redrawing itself."""
 
     shown = -1
+    disable: bool
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         d = dict(self.format_dict)

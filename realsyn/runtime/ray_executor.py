@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from realsyn.config import RayConfig
-from realsyn.runtime import mirror
 from realsyn.errors import PipelineError
+from realsyn.runtime import mirror
 from realsyn.runtime.executor import Executor
 
 T = TypeVar("T")
@@ -136,7 +136,7 @@ class _ActorPool:
         make = actor.options(num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], max_restarts=-1,
                              max_task_retries=retries)
         self.ray, self.actors, self.cap = ray, [make.remote() for _ in range(slots)], 2 * slots
-        self.load, self.owner = [0] * slots, {}
+        self.load, self.owner = [0] * slots, dict[Any, int]()
         self._call = {"max_task_retries": retries, "retry_exceptions": True}
 
     def submit(self, *args: Any) -> Any:
@@ -176,7 +176,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             address = self.cfg.address or os.environ.get("RAY_ADDRESS") or "local"
             env = {k: v for k, v in os.environ.items() if k in FORWARD_ENV or k.startswith(("REALSYN_", "FSSPEC_"))}
-            local = {"num_cpus": self.workers or None, "include_dashboard": False,
+            local: dict[str, Any] = {"num_cpus": self.workers or None, "include_dashboard": False,
                      "object_store_memory": self.cfg.object_store_mb << 20 or None} if address == "local" else {}
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **local)
             self._started = True
@@ -198,7 +198,7 @@ class RayExecutor(Executor):
         fits = [have.get(r, 0) / opts[k] for r, k in (("CPU", "num_cpus"), ("GPU", "num_gpus")) if opts[k] > 0]
         return max(1, int(min(fits, default=have.get("CPU", 1))))
 
-    def _pool(self, ray: Any, stage: str) -> "_TaskPool | _ActorPool":
+    def _pool(self, ray: Any, stage: str) -> _TaskPool | _ActorPool:
         """Parts run on `workers` slots (0 = as many as the cluster holds); actors never more than
         the cluster holds, since an actor that cannot be placed would keep its parts waiting."""
         fits = self._fits(ray, stage)
@@ -215,7 +215,7 @@ class RayExecutor(Executor):
 
     def _map(self, fn: Callable[[T], R], tasks: Iterable[T], stage: str, cwd: str) -> Iterator[R]:
         ray: Any = None
-        pool: _TaskPool | _ActorPool | None = None
+        pool: Any = None  # _TaskPool | _ActorPool, made at the first task
         pending: dict[Any, T] = {}
         failed: list[tuple[str, str]] = []
 

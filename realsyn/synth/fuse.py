@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from realsyn.models.base import LLM
+from realsyn.prompts import Prompt
 from realsyn.synth.cache import GenerationCache, cache_key
 from realsyn.synth.guard import Guard, clean, fallback_text
-from realsyn.prompts import Prompt
 from realsyn.synth.tokens import TokenCounter
 
 Messages = list[dict[str, Any]]
@@ -56,9 +56,9 @@ class CachedLLM:
     def __call__(self, prompts: Sequence[Messages], attempt: int = 0,
                  stop: Callable[[str], bool] | None = None) -> list[str]:
         d = self.decoding
-        params = dict(max_tokens=d.max_tokens, temperature=d.retry_temperature if attempt else d.temperature,
-                      seed=d.seed + attempt)
-        extra = {"stop": stop} if stop is not None and self.takes_stop else {}
+        params: dict[str, Any] = dict(max_tokens=d.max_tokens, temperature=d.retry_temperature if attempt else d.temperature,
+                                      seed=d.seed + attempt)
+        extra: dict[str, Any] = {"stop": stop} if stop is not None and self.takes_stop else {}
         keys = [cache_key(self.model, self.version, m, **params) for m in prompts]
         known = self.cache.get_many(keys) if self.cache is not None else {}
         self.counts["cached"] += sum(k in known for k in keys)

@@ -72,7 +72,7 @@ class Guard:
     min_language_score: float = 0.5
 
     @classmethod
-    def for_prompt(cls, static_text: str, counter: TokenCounter, **kw: object) -> "Guard":
+    def for_prompt(cls, static_text: str, counter: TokenCounter, **kw: object) -> Guard:
         return cls(frozenset(ngrams(static_text)), counter.count, **kw)  # type: ignore[arg-type]
 
     def hopeless(self, text: str) -> bool:

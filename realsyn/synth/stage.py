@@ -117,10 +117,10 @@ def _describe(task: _Task, images: list[bytes]) -> tuple[list[str], list[list[st
 def _fuser(task: _Task) -> tuple[Any, Any, Any, Any]:
     """(prompt, cached LLM, guard, token counter) of this worker."""
     from realsyn.models import load
+    from realsyn.prompts import load_prompt
     from realsyn.synth.cache import open_cache
     from realsyn.synth.fuse import CachedLLM, Decoding
     from realsyn.synth.guard import Guard
-    from realsyn.prompts import load_prompt
     from realsyn.synth.tokens import counter
 
     cfg, models = task.cfg, task.models
@@ -181,7 +181,7 @@ def _blob_parts(extract_dir: Path, pairs: list[Path]) -> dict[Path, tuple[Path, 
 
 def _summary(parts: list[Path]) -> dict[str, Any]:
     """Manifest counts from every finished part's metadata."""
-    total, seen = Counter(), {"token_counter": set(), "prompt_version": set()}
+    total, seen = Counter[str](), {"token_counter": set[str](), "prompt_version": set[str]()}
     for p in parts:
         meta = json.loads(pq.read_schema(p).metadata[_META])
         total.update(meta["counts"])

@@ -76,7 +76,7 @@ def counter() -> TokenCounter:
     """The exact CLIP tokenizer when it loads offline, else the regex estimate."""
     source = os.environ.get("REALSYN_CLIP_TOKENIZER", "openai/clip-vit-base-patch32")
     try:
-        from transformers import CLIPTokenizerFast
+        from transformers import CLIPTokenizerFast  # type: ignore[attr-defined]  # lazily exported
 
         tok = CLIPTokenizerFast.from_pretrained(source, local_files_only=True)
     except Exception:  # not installed, not cached, or no network: all mean "not available offline"

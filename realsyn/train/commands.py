@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
@@ -46,9 +46,9 @@ def _guarded(fn: Any) -> Any:
 
 def train_cmd(data: Path = typer.Option(..., "--data", "-d", help="Export folder WORK/export/SCALE (WebDataset shards)."),
               out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, log.jsonl, train.yaml); re-run to resume."),
-              steps: Optional[int] = StepsOpt, epochs: Optional[float] = EpochsOpt,
-              stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop (with a checkpoint) after this step; re-run to continue."),
-              config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt, quiet: bool = QuietOpt) -> None:
+              steps: int | None = StepsOpt, epochs: float | None = EpochsOpt,
+              stop_at: int | None = typer.Option(None, "--stop-at", help="Stop (with a checkpoint) after this step; re-run to continue."),
+              config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, quiet: bool = QuietOpt) -> None:
     """Train a CLIP on exported shards (InfoNCE, AdamW + one-cycle); resumes from RUN's last checkpoint."""
     def go() -> None:
         from realsyn.train.config import load_train_config
@@ -63,7 +63,7 @@ def train_cmd(data: Path = typer.Option(..., "--data", "-d", help="Export folder
 def eval_cmd(model: str = typer.Option(..., "--model", "-m", help="A run folder or checkpoint of `realsyn train`, `bridge`, `hf:DIR` or `open_clip:ARCH:WEIGHTS`."),
              task: str = typer.Option(..., "--task", "-t", help="zeroshot, linear-probe or retrieval."),
              data: Path = typer.Option(..., "--data", "-d", help="Class folders (zeroshot: ROOT/test/ if present; linear-probe: ROOT/train/ and ROOT/test/), or a captions .jsonl / export folder (retrieval)."),
-             limit: Optional[int] = LimitOpt,
+             limit: int | None = LimitOpt,
              templates: str = typer.Option("ensemble", "--templates", help="Zero-shot prompts: ensemble (10 CLIP CIFAR prompts), photo, plain."),
              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
              json_: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
@@ -80,13 +80,13 @@ def eval_cmd(model: str = typer.Option(..., "--model", "-m", help="A run folder 
     _guarded(go)
 
 
-def compare_cmd(data: List[Path] = typer.Option(..., "--data", "-d", help="Export folder of arm A, then of arm B (one folder: both arms use it)."),
+def compare_cmd(data: list[Path] = typer.Option(..., "--data", "-d", help="Export folder of arm A, then of arm B (one folder: both arms use it)."),
                 out: Path = typer.Option(..., "--out", "-o", help="Folder of the two runs (OUT/ARM)."),
-                eval_: List[str] = typer.Option(..., "--eval", help="TASK=PATH to evaluate both arms on, e.g. zeroshot=../cifar10 (repeatable)."),
-                set_a: Optional[List[str]] = typer.Option(None, "--set-a", help="Train override of arm A only (repeatable)."),
-                set_b: Optional[List[str]] = typer.Option(None, "--set-b", help="Train override of arm B only (repeatable)."),
-                steps: Optional[int] = StepsOpt, epochs: Optional[float] = EpochsOpt, limit: Optional[int] = LimitOpt,
-                config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                eval_: list[str] = typer.Option(..., "--eval", help="TASK=PATH to evaluate both arms on, e.g. zeroshot=../cifar10 (repeatable)."),
+                set_a: list[str] | None = typer.Option(None, "--set-a", help="Train override of arm A only (repeatable)."),
+                set_b: list[str] | None = typer.Option(None, "--set-b", help="Train override of arm B only (repeatable)."),
+                steps: int | None = StepsOpt, epochs: float | None = EpochsOpt, limit: int | None = LimitOpt,
+                config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
                 json_: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Train one model on two arms (default: realistic-only vs realistic+synthetic texts); metrics side by side."""
     def go() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
@@ -65,7 +65,7 @@ def _transformer(width: int, layers: int, heads: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def wordpiece() -> Any:
     """The MiniLM (BERT uncased) WordPiece tokenizer, from the installed package."""
     from transformers import AutoTokenizer

@@ -14,8 +14,6 @@ from pathlib import Path
 from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
-
-
 from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402
 from realsyn.io.readers.base import skip_links  # noqa: E402
 

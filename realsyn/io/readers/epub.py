@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
+from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.errors import InputError
 from realsyn.io.readers.base import (
     FileRefused,
     Lookup,

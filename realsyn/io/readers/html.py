@@ -162,9 +162,11 @@ def main_content(root: etree._Element, items: list[Item]) -> list[Item]:
             or (inside(it.text or "") and not _UI_TEXT.search(it.text or ""))]
 
 
-def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
+def _cp1252_fallback(err: UnicodeError) -> tuple[str | bytes, int]:
     """Decode error handler: a byte that is not valid UTF-8 is read as windows-1252 (pages that
     mix encodings, or whose declared UTF-8 is really Latin-1), so neither part turns to mojibake."""
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
     bad = err.object[err.start:err.end]
     return bad.decode("cp1252", "replace"), err.end
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
-from realsyn.io.readers.base import base_name, doc_id, folder_lookup, memo, read_file, resolve_relative, skip, skip_links
+from realsyn.io.readers.base import (
+    base_name,
+    doc_id,
+    folder_lookup,
+    memo,
+    read_file,
+    resolve_relative,
+    skip,
+    skip_links,
+)
 from realsyn.io.readers.html import page_items, split_chapters
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")

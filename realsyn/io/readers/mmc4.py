@@ -9,18 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from realsyn.errors import InputError
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.errors import InputError
 from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item, within_budget
-
 
 MAX_LINE_BYTES = 64 << 20
 """Longest JSON line read (64 MiB, far above any real MMC4 document); a longer one, such as a
 decompression bomb, is read past in 1 MiB pieces, never held, and skipped as `oversized_line`."""
 
 
-def _bounded(fh: BinaryIO, limit: int) -> Iterator[bytes | None]:
+def _bounded(fh: BinaryIO | gzip.GzipFile, limit: int) -> Iterator[bytes | None]:
     """The lines of `fh`; None for a line longer than `limit` bytes."""
     while line := fh.readline(limit + 1):
         if len(line) <= limit:

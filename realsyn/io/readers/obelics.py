@@ -12,12 +12,23 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from realsyn.errors import InputError
 from realsyn.io.arrow import TOO_LARGE, largest_page, to_records
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.errors import InputError
-from realsyn.io.readers.base import (Seen, base_name, data_uri_item, doc_id, file_item, is_remote, log, norm, skip,
-                                     text_item, within_budget)
+from realsyn.io.readers.base import (
+    Seen,
+    base_name,
+    data_uri_item,
+    doc_id,
+    file_item,
+    is_remote,
+    log,
+    norm,
+    skip,
+    text_item,
+    within_budget,
+)
 
 COLUMNS = ("texts", "images", "url", "metadata", "general_metadata")
 BATCH_ROWS = 16  # rows may carry image bytes: keep batches small

@@ -14,9 +14,9 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
+from realsyn.errors import InputError
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.errors import InputError
 from realsyn.io.readers.base import Seen, base_name, canonical_url, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import page_items
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from libzim.reader import Archive
 
+from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.errors import InputError
 from realsyn.io.readers.base import FileRefused, base_name, doc_id, memo, resolve_relative, skip
 from realsyn.io.readers.html import page_items
 
