@@ -1,14 +1,13 @@
 """The stage graph, in the order of the paper's Figure 3.
 
-Each stage module exposes `NAME`, `stage_key(ctx)` (its config, its input and the upstream key)
-and `run(ctx, key) -> counts`. A stage whose recorded key matches is skipped; otherwise it runs
-(resuming finished parts when only the run was interrupted).
+Each stage module declares one `STAGE` (`realsyn/runtime/stage.py`): its upstream, config, files,
+tables and resources; its key is derived from that declaration. A stage whose recorded key
+matches is skipped; otherwise it runs (resuming finished parts when only the run was interrupted).
 """
 
 from __future__ import annotations
 
 import logging
-from types import ModuleType
 
 from realsyn.balance import stage as balance
 from realsyn.embed import stage as embed
@@ -19,13 +18,15 @@ from realsyn.retrieve import stage as retrieve
 from realsyn.runtime import progress
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.mirror import INPUTS
+from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import write_json
 from realsyn.synth import stage as synth
 
 log = logging.getLogger(__name__)
 
-STAGES: list[ModuleType] = [extract, embed, retrieve, synth, balance, export, report]
-NAMES = [s.NAME for s in STAGES]
+STAGES: list[Stage] = [m.STAGE for m in (extract, embed, retrieve, synth, balance, export, report)]
+NAMES = [s.name for s in STAGES]
+assert all(s.upstream is (STAGES[i - 1] if i else None) for i, s in enumerate(STAGES)), "stages out of order"
 __all__ = ["NAMES", "PipelineError", "check_upstream", "keys", "reads", "run", "run_stage"]
 
 
@@ -38,7 +39,7 @@ def reads(name: str) -> list[str]:
 
 def keys(ctx: Context) -> dict[str, str]:
     """The current key of every stage (what its output would be made from)."""
-    return {s.NAME: s.stage_key(ctx) for s in STAGES}
+    return {s.name: s.key(ctx) for s in STAGES}
 
 
 def check_upstream(ctx: Context, name: str) -> None:
@@ -46,27 +47,27 @@ def check_upstream(ctx: Context, name: str) -> None:
     pos = NAMES.index(name)
     if pos > 0:
         up = STAGES[pos - 1]
-        if not ctx.ws.is_current(up.NAME, up.stage_key(ctx)):
-            raise PipelineError(f"{name} needs a finished, current {up.NAME} stage in {ctx.ws.name}: run `realsyn {up.NAME}` first")
+        if not ctx.ws.is_current(up.name, up.key(ctx)):
+            raise PipelineError(f"{name} needs a finished, current {up.name} stage in {ctx.ws.name}: run `realsyn {up.name}` first")
 
 
 def run_stage(ctx: Context, name: str) -> dict:
     """Run one stage if it is not current; returns its counts."""
     check_upstream(ctx, name)
-    module = STAGES[NAMES.index(name)]
-    key = module.stage_key(ctx)
+    stage = STAGES[NAMES.index(name)]
+    key = stage.key(ctx)
     if ctx.ws.is_current(name, key):
         log.info("%s: up to date", name)
         return ctx.ws.stage(name)["counts"]
     log.info("%s: running", name)
-    ctx.executor.stage, ctx.executor.reads = name, tuple(reads(name))
+    ctx.executor.stage, ctx.executor.reads, ctx.executor.resources = name, tuple(reads(name)), stage.resources
     ctx.ws.pull(reads(name))
     progress.set_sink(lambda p: write_json({"stage": name, **p}, ctx.ws.progress_path))
     try:
-        return module.run(ctx, key)
+        return stage.run(ctx, key)
     finally:  # the progress file exists while a stage runs (or after a run that was killed)
         progress.set_sink(None)
-        ctx.executor.stage, ctx.executor.reads = "", ()
+        ctx.executor.stage, ctx.executor.reads, ctx.executor.resources = "", (), None
         ctx.ws.progress_path.unlink(missing_ok=True)
 
 

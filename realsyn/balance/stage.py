@@ -15,9 +15,9 @@ k-means sample (at most max_train x d float32), the centroids and one embed part
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,15 +31,12 @@ from realsyn.config import BalanceConfig
 from realsyn.embed.stage import read_embeddings
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
+from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import Workspace, summarize, write_table
 from realsyn.synth import stage as synth_stage
 
 NAME = "balance"
 REASONS = (None, "no_synthetic_text", "no_embedding", "below_band", "above_band")  # code 0 = kept
-
-
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('balance')}-{synth_stage.stage_key(ctx)}"
 
 
 @dataclass
@@ -193,15 +190,17 @@ def _write(ctx: Context, pool: Pool) -> dict:
     return scales
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run the balance stage; returns its counts."""
-    started = time.time()
-    ctx.ws.begin(NAME, key)
+def _work(ctx: Context, out: Path) -> dict:
+    """The band, the clusters and every scale's draw (one global step)."""
     pool = prepare(ctx)
     scales = _write(ctx, pool)
     n = np.bincount(pool.reason, minlength=len(REASONS))
     counts = {"pairs": summarize(Counter({"kept" if r is None else f"rejected:{r}": int(c) for r, c in zip(REASONS, n)})),
               "band": _band_info(ctx.cfg.balance, pool.bounds), "clusters": pool.n_clusters,
               "method": ctx.cfg.balance.method, "scales": scales}
-    ctx.ws.finish(NAME, counts, time.time() - started)
     return counts
+
+
+STAGE = Stage(NAME, synth_stage.STAGE, _work, config=("balance",),
+              reads=("retrieve/pairs", "synth/parts", "embed/images"), writes=("balance/pairs", "balance/scales"))
+stage_key, run = STAGE.key, STAGE.run

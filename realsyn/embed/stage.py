@@ -10,7 +10,6 @@ status, reason (`semantic_duplicate`) and the id it duplicates (`dup_of`).
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ import pyarrow.parquet as pq
 from realsyn.dedup import semantic_duplicates
 from realsyn.embed.calibrate import copy_cosines, pair_cosines, threshold
 from realsyn.extract import stage as extract
+from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
+from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import part_name, summarize, write_table
 
 NAME = "embed"
@@ -87,10 +88,6 @@ def _process(task: _Task) -> int:
     write_table(embedding_table(rows[id_col].to_pylist(), emb, id_col, task.dtype),
                 task.out / task.kind / part_name(task.index))
     return len(items)
-
-
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('embed', 'models.joint')}-{extract.stage_key(ctx)}"
 
 
 @dataclass(frozen=True)
@@ -174,11 +171,9 @@ def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int, phas
     return Counter({"kept": int((~dup).sum()), "rejected:semantic_duplicate": int(dup.sum())})
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run (or resume) the embed stage; returns its counts."""
+def _work(ctx: Context, out: Path) -> dict:
+    """Embeddings part by part (resumed), then semantic dedup per modality."""
     ws, cfg = ctx.ws, ctx.cfg
-    started = time.time()
-    out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
     todo = [(kind, i) for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
     threads = ctx.executor.threads_for(len(todo))
@@ -191,5 +186,12 @@ def run(ctx: Context, key: str) -> dict:
               "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
     if cfg.embed.image_dedup_threshold == "auto":
         counts.update({k: ws.stage(NAME)[k] for k in ("image_dedup_threshold", "image_dedup_calibration")})
-    ws.finish(NAME, counts, time.time() - started)
     return counts
+
+
+STAGE = Stage(NAME, extract.STAGE, _work, config=("embed", "models.joint"),
+              files=lambda cfg: spec_files(cfg.models.joint),
+              reads=("extract/images", "extract/sentences", "extract/blobs"),
+              writes=("embed/images", "embed/sentences", "embed/dedup_images", "embed/dedup_sentences"),
+              resources=Resources(model=True))
+stage_key, run = STAGE.key, STAGE.run

@@ -31,6 +31,7 @@ from realsyn.config import ExportConfig
 from realsyn.export.records import BLOBS, gather, lookup
 from realsyn.export.shards import encode_image, sample_key, sample_members, shard_name, write_tar
 from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import atomic_path, summarize, write_json, write_table
 
 NAME = "export"
@@ -56,10 +57,6 @@ class _Task:
     shard: int
     rows: pa.Table  # image_id, cluster, sim, part
     cfg: ExportConfig
-
-
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('export')}-{balance.stage_key(ctx)}"
 
 
 def _meta(rec: dict[str, Any], key: str) -> dict[str, Any]:
@@ -168,12 +165,14 @@ def _finish_scale(folder: Path, n_shards: int) -> dict[str, Any]:
     return {**summarize(counts), "shards": n_shards}
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run (or resume) the export stage; returns its counts."""
-    started = time.time()
-    out = ctx.ws.begin(NAME, key)
+def _work(ctx: Context, out: Path) -> dict:
+    """One task per shard not yet written, then each scale's sizes and released table."""
     tasks, shards = _plan(ctx, out)
     ctx.executor.run(_write_shard, tasks, "export", "samples", total=sum(t.rows.num_rows for t in tasks))
-    counts = {scale: _finish_scale(out / scale, n) for scale, n in shards.items()}
-    ctx.ws.finish(NAME, counts, time.time() - started)
-    return counts
+    return {scale: _finish_scale(out / scale, n) for scale, n in shards.items()}
+
+
+STAGE = Stage(NAME, balance.STAGE, _work, config=("export",),
+              reads=("balance/scales", "retrieve/pairs", "synth/parts", "extract/images", "extract/blobs"),
+              writes=("export/shards",))
+stage_key, run = STAGE.key, STAGE.run

@@ -11,7 +11,6 @@ rejected item's reason and, for duplicates, the id of the item kept in its place
 from __future__ import annotations
 
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,11 @@ from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_document
 from realsyn.io.policy import from_config
 from realsyn.io.readers import detect, read_documents
 from realsyn.io.readers.base import SKIPPED
+from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import Executor
 from realsyn.runtime.progress import Tasks, bar
+from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
 
 NAME = "extract"
@@ -106,16 +107,30 @@ def _chunks(inputs: Iterable[Path], cfg: ExtractConfig) -> Iterator[list[Documen
         yield buf
 
 
-def stage_key(ctx: Context) -> str:
-    """Config of this stage + fingerprint of the inputs."""
-    c = ctx.cfg
-    models = [f"models.{m}" for m, on in (("llm", c.extract.sentences.perplexity), ("nsfw", c.extract.images.max_nsfw is not None),
-                                           ("langid", bool(c.extract.sentences.languages))) if on]
-    key = f"{c.section_hash('extract', *models)}-{fingerprint(ctx.inputs, ctx.ws.root)}"
-    if c.download.enabled:  # the failure set, read once per run: a re-run retries the failed URLs
-        state = ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
-        key += f"-{c.section_hash('download')}{state}"
+def _models(cfg: Config) -> tuple[str, ...]:
+    """The model fields that key extract only with the filter that uses them on (and download)."""
+    e = cfg.extract
+    on = {"llm": e.sentences.perplexity, "nsfw": e.images.max_nsfw is not None, "langid": bool(e.sentences.languages)}
+    return (*(f"models.{m}" for m, used in on.items() if used), *(("download",) if cfg.download.enabled else ()))
+
+
+def _model_files(cfg: Config) -> tuple[Path, ...]:
+    return tuple(f for m in _models(cfg) if m.startswith("models.") for f in spec_files(getattr(cfg.models, m[7:])))
+
+
+def _inputs_key(ctx: Context) -> str:
+    """The inputs' fingerprint; with download on, also the set of failed URLs (read once per run,
+    so a re-run retries them)."""
+    key = fingerprint(ctx.inputs, ctx.ws.root)
+    if ctx.cfg.download.enabled:
+        key += ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
     return key
+
+
+def _check_inputs(ctx: Context) -> None:
+    """A bad input stops the run before the finished stage is cleared."""
+    for path in ctx.inputs:
+        detect(path)
 
 
 def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int, dict[str, int]]:
@@ -202,13 +217,9 @@ def _dedup_sentences(out: Path, n_parts: int) -> Counter:
     return _finalize(out, "sentences", n_parts, group, reasons, "sentence_id")
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run (or resume) the extract stage; returns its counts."""
+def _work(ctx: Context, out: Path) -> dict:
+    """Phase 1 (resumed part by part), then the global dedup; `_raw` is gone once done."""
     ws, cfg = ctx.ws, ctx.cfg
-    started = time.time()
-    for path in ctx.inputs:  # a bad input stops the run before the finished stage is cleared
-        detect(path)
-    out = ws.begin(NAME, key, whole=True, inputs=[ws.recorded(p) for p in ctx.inputs])  # _raw is gone once done
     if "parts" not in ws.stage(NAME):
         n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
         ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)
@@ -219,5 +230,11 @@ def run(ctx: Context, key: str) -> dict:
               "images": summarize(images),
               "sentences": summarize(sentences)}
     shutil.rmtree(out / "_raw")
-    ws.finish(NAME, counts, time.time() - started)
     return counts
+
+
+STAGE = Stage(NAME, None, _work, config=("extract",), when=_models, files=_model_files, inputs=_inputs_key,
+              check=_check_inputs, whole=True, record_inputs=True,
+              writes=("extract/images", "extract/sentences", "extract/blobs", "extract/downloads"),
+              resources=Resources(model=True))
+stage_key, run = STAGE.key, STAGE.run

@@ -12,6 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from realsyn.errors import UserError
@@ -74,6 +75,17 @@ def available(role: str) -> list[str]:
 def backends() -> list[Backend]:
     """Every registered backend, by role then name."""
     return [_BACKENDS[k] for k in sorted(_BACKENDS)]
+
+
+def spec_files(spec: str) -> tuple[Path, ...]:
+    """The local files a model spec names (`hf:DIR`, the weights of `open_clip:ARCH:WEIGHTS`),
+    which key the stages that use it by their content; none for the embedded models and endpoints."""
+    name, _, args = spec.partition(":")
+    if name == "hf" and args:
+        return (Path(args).expanduser(),)
+    if name == "open_clip" and ":" in args:
+        return (Path(args.split(":", 1)[1]).expanduser(),)
+    return ()
 
 
 def installed(backend: Backend) -> bool:

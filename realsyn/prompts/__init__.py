@@ -82,6 +82,13 @@ def available() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def prompt_path(name: str) -> Path:
+    """The file a prompt name stands for: the path itself, or the shipped YAML of that version."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return Path(name)
+    return Path(str(resources.files(__package__).joinpath(f"{name}.yaml")))
+
+
 def load_prompt(name: str) -> Prompt:
     """A shipped prompt by name (`fuse-v1`) or a YAML file by path (read on every call)."""
     if name.endswith((".yaml", ".yml")) or "/" in name:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,15 @@ from realsyn.balance import stage as balance
 from realsyn.config import Config
 from realsyn.export import stage as export
 from realsyn.export.records import lookup
+from realsyn.models.registry import spec_files
 from realsyn.report import assess, plots
 from realsyn.report.html import esc, figure, note, page, png_img, section, table
 from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import Workspace, atomic_path
 
 NAME = "report"
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff")
-
-
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('report', 'models.joint')}-{export.stage_key(ctx)}"
 
 
 def _scale(ws: Workspace, cfg: Config) -> str:
@@ -291,13 +288,16 @@ def build(ctx: Context) -> str:
     return page("RealSyn dataset report", intro, sections)
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Write report/index.html; returns its counts."""
-    started = time.time()
-    out = ctx.ws.begin(NAME, key)
+def _work(ctx: Context, out: Path) -> dict:
+    """Write report/index.html."""
     text = build(ctx)
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    counts = {"html": str((out / "index.html").relative_to(ctx.ws.root)), "bytes": len(text.encode())}
-    ctx.ws.finish(NAME, counts, time.time() - started)
-    return counts
+    return {"html": str((out / "index.html").relative_to(ctx.ws.root)), "bytes": len(text.encode())}
+
+
+STAGE = Stage(NAME, export.STAGE, _work, config=("report", "models.joint"),
+              files=lambda cfg: spec_files(cfg.models.joint),
+              reads=("extract/images", "extract/sentences", "retrieve/pairs", "synth/parts", "balance/pairs",
+                     "export/shards"), writes=("report/html",))
+stage_key, run = STAGE.key, STAGE.run

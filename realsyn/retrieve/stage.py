@@ -48,6 +48,7 @@ from realsyn.retrieve.search import (
 )
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
+from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
 
 NAME = "retrieve"
@@ -62,10 +63,6 @@ class _Task:
     work: Path
     cfg: RetrieveConfig
     threads: int
-
-
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('retrieve')}-{embed.stage_key(ctx)}"
 
 
 def _save(arr: np.ndarray, path: Path) -> None:
@@ -330,11 +327,9 @@ def _cap_uses(ctx: Context, out: Path) -> None:
     ctx.ws.note(NAME, max_uses_done=True)
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run (or resume) the retrieve stage; returns its counts."""
+def _work(ctx: Context, out: Path) -> dict:
+    """The index (global step, resumable), the per-part search tasks, then `max_uses`."""
     ws, cfg = ctx.ws, ctx.cfg
-    started = time.time()
-    out = ws.begin(NAME, key)
     n_parts = ws.stage(extract.NAME)["parts"]
     _build_index(ctx, out, n_parts, cpu_count())
     sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
@@ -351,5 +346,11 @@ def run(ctx: Context, key: str) -> dict:
     counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],
               "sim_spread": spread, **{k: v for k, v in stage.items() if k.startswith("max_uses_") and k != "max_uses_done"},
               "scope": cfg.retrieve.scope, **_recall(ws.root, index, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
-    ws.finish(NAME, counts, time.time() - started)
     return counts
+
+
+STAGE = Stage(NAME, embed.STAGE, _work, config=("retrieve",),
+              reads=("extract/images", "extract/sentences", "embed/images", "embed/sentences", "embed/dedup_images",
+                     "embed/dedup_sentences"),
+              writes=("retrieve/pairs", "retrieve/index"))
+stage_key, run = STAGE.key, STAGE.run

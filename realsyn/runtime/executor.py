@@ -15,12 +15,14 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from realsyn.errors import UserError
 from realsyn.runtime import mirror
+from realsyn.runtime.resources import Resources
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +47,8 @@ class Executor(ABC):
     """The stage whose parts run now (set by the pipeline; named in error messages, keys Ray resources)."""
     reads: tuple[str, ...] = ()
     """The workspace folders its workers read (set by the pipeline; a URL workspace's workers pull them)."""
+    resources: Resources | None = None
+    """The running stage's declared resources per task (set by the pipeline)."""
 
     def threads_for(self, tasks: int) -> int:
         """Math-library threads per task when `tasks` tasks are to run: the machine's cores shared
@@ -56,8 +60,7 @@ class Executor(ABC):
         """`map` with a progress bar counting the items each task reports; returns the sum."""
         from realsyn.runtime.progress import Tasks, bar
 
-        tasks = list(tasks)
-        done, tracked = 0, Tasks(desc, unit, len(tasks))
+        done, tracked = 0, Tasks(desc, unit, len(tasks) if isinstance(tasks, Sized) else None)  # a stream stays lazy
         with bar(desc, unit, total) as progress:
             for n in self.map(fn, tasks):
                 progress.update(n)

@@ -36,6 +36,7 @@ from realsyn.config import RayConfig
 from realsyn.errors import PipelineError
 from realsyn.runtime import mirror
 from realsyn.runtime.executor import Executor
+from realsyn.runtime.resources import Resources
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -186,9 +187,15 @@ class RayExecutor(Executor):
         return ray
 
     def _options(self, stage: str) -> dict[str, Any]:
-        cpus, gpus = self.cfg.num_cpus, self.cfg.num_gpus
-        return {"num_cpus": cpus.get(stage, cpus.get("default", 1.0)),
-                "num_gpus": gpus.get(stage, gpus.get("default", 0.0)),
+        """Ray options of a stage's tasks: `runtime.ray` per stage, else what the stage declares
+        (when it declares more than the defaults), else `runtime.ray`'s default."""
+        declared, plain = self.resources or Resources(), Resources()
+
+        def pick(table: dict[str, float], mine: float, base: float, default: float) -> float:
+            return table[stage] if stage in table else mine if mine != base else table.get("default", default)
+
+        return {"num_cpus": pick(self.cfg.num_cpus, declared.cpus, plain.cpus, 1.0),
+                "num_gpus": pick(self.cfg.num_gpus, declared.gpus, plain.gpus, 0.0),
                 "max_retries": self.cfg.max_retries, "retry_exceptions": True}
 
     def _fits(self, ray: Any, stage: str) -> int:

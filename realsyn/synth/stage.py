@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.config import ModelsConfig, SynthConfig
+from realsyn.config import Config, ModelsConfig, SynthConfig
 from realsyn.extract import stage as extract_stage
+from realsyn.models.registry import spec_files
+from realsyn.prompts import prompt_path
 from realsyn.retrieve import stage as retrieve_stage
 from realsyn.runtime.context import Context
+from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import summarize, write_table
 
 NAME = "synth"
@@ -63,8 +65,18 @@ class _Task:
     threads: int
 
 
-def stage_key(ctx: Context) -> str:
-    return f"{ctx.cfg.section_hash('synth', 'models.llm', 'models.tagger', 'models.captioner')}-{retrieve_stage.stage_key(ctx)}"
+_MODELS = ("models.llm", "models.tagger", "models.captioner")
+
+
+def _langid(cfg: Config) -> tuple[str, ...]:
+    """The language model keys synth only when the output guard checks the language."""
+    return ("models.langid",) if cfg.synth.language else ()
+
+
+def _files(cfg: Config) -> tuple[Path, ...]:
+    """The prompt file (edited in place, it redoes synth) and local model folders."""
+    specs = [cfg.models.llm, cfg.models.tagger, cfg.models.captioner, *([cfg.models.langid] * bool(cfg.synth.language))]
+    return (prompt_path(cfg.synth.prompt), *(f for s in specs for f in spec_files(s)))
 
 
 def _batched(fn: Any, items: Sequence[Any], size: int) -> list[Any]:
@@ -194,11 +206,9 @@ def _summary(parts: list[Path]) -> dict[str, Any]:
             **{name: ", ".join(sorted(values)) or None for name, values in seen.items()}}
 
 
-def run(ctx: Context, key: str) -> dict:
-    """Run (or resume) the synth stage; returns its counts."""
+def _work(ctx: Context, out: Path) -> dict:
+    """One task per retrieve part not yet done; the counts from every part's metadata."""
     ws, cfg = ctx.ws, ctx.cfg
-    started = time.time()
-    out = ws.begin(NAME, key)
     pairs = ws.parts(retrieve_stage.NAME, "pairs")
     todo = [p for p in pairs if not (out / p.name).exists()]
     blobs = _blob_parts(ws.dir(extract_stage.NAME), todo) if todo else {}
@@ -206,6 +216,10 @@ def run(ctx: Context, key: str) -> dict:
     tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed, threads)
              for p in todo]
     ctx.executor.run(_process, tasks, "synth", "images")
-    counts = _summary([out / p.name for p in pairs])
-    ws.finish(NAME, counts, time.time() - started)
-    return counts
+    return _summary([out / p.name for p in pairs])
+
+
+STAGE = Stage(NAME, retrieve_stage.STAGE, _work, config=("synth", *_MODELS), when=_langid, files=_files,
+              reads=("retrieve/pairs", "extract/images", "extract/blobs"), writes=("synth/parts",),
+              resources=Resources(model=True))
+stage_key, run = STAGE.key, STAGE.run
