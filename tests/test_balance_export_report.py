@@ -22,7 +22,6 @@ from PIL import Image
 from realsyn.balance import sampling
 from realsyn.balance import stage as balance
 from realsyn.config import ConfigError, load_config
-from realsyn.embed.stage import embedding_table
 from realsyn.export import stage as export
 from realsyn.export.shards import sample_key
 from realsyn.models.registry import register
@@ -30,6 +29,7 @@ from realsyn.report import stage as report
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace, part_name, write_json, write_table
+from realsyn.tables import embedding_table
 
 DIM, PARTS, PER_PART = 16, 3, 24
 CLUSTER_SIZES = (36, 18, 12, 6)  # four groups of image embeddings, of very different sizes

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from realsyn.config import load_config
-from realsyn.embed.stage import read_embeddings
 from realsyn.pipeline import run
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace
+from realsyn.tables import read_embeddings
 
 pytestmark = pytest.mark.slow
 NO_PPL = {"extract.sentences.perplexity": False}  # the perplexity filter is tested on its own

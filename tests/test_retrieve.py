@@ -21,6 +21,7 @@ from realsyn.retrieve.uses import accept, move_to_front, text_keys
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor
 from realsyn.runtime.workspace import Workspace, part_name, write_table
+from realsyn.tables import embedding_table
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 if not (BENCH / "embeddings.py").exists():
@@ -167,7 +168,7 @@ def _fake_workspace(root: Path, **overrides) -> Context:
             write_table(pa.table(cols), root / extract.NAME / kind / part_name(p))
             kept = [j for j in range(n) if status[j] == "kept"]
             rows = emb[p * n:(p + 1) * n][kept]
-            write_table(embed.embedding_table([ids[j] for j in kept], rows, id_col, "float16"),
+            write_table(embedding_table([ids[j] for j in kept], rows, id_col, "float16"),
                         root / embed.NAME / kind / part_name(p))
             dedup[kind] += [(ids[j], j % 7 == 5) for j in kept]  # rejected by semantic dedup
     ctx.ws.note(extract.NAME, parts=PARTS)

@@ -28,12 +28,20 @@ import pyarrow.parquet as pq
 from realsyn.balance import sampling
 from realsyn.centroids import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.config import BalanceConfig
-from realsyn.embed.stage import read_embeddings
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import Workspace, summarize, write_table
 from realsyn.synth import stage as synth_stage
+from realsyn.tables import (
+    BALANCE_CLUSTERS,
+    BALANCE_PAIRS,
+    BALANCE_SCALES,
+    EMBED,
+    RETRIEVE_PAIRS,
+    SYNTH,
+    read_embeddings,
+)
 
 NAME = "balance"
 REASONS = (None, "no_synthetic_text", "no_embedding", "below_band", "above_band")  # code 0 = kept
@@ -60,7 +68,7 @@ class Pool:
 def _read_pairs(ws: Workspace) -> pa.Table:
     """image_id, part and top-1 cosine of the pairs that have at least one text."""
     tables = []
-    for path in ws.parts("retrieve", "pairs"):
+    for path in RETRIEVE_PAIRS.parts(ws.root):
         t = pq.read_table(path, columns=["image_id", "sims"])
         t = t.filter(pc.greater(pc.list_value_length(t["sims"]), 0))
         part = int(path.stem.split("-")[1])
@@ -73,7 +81,7 @@ def _read_pairs(ws: Workspace) -> pa.Table:
 
 def _synth_ids(ws: Workspace) -> pa.Array | None:
     """Ids with a non-empty synthetic text; None when there is no synth output."""
-    paths = ws.parts("synth", "")
+    paths = SYNTH.parts(ws.root)
     if not paths:
         return None
     chunks = []
@@ -86,7 +94,7 @@ def _synth_ids(ws: Workspace) -> pa.Array | None:
 
 def _embeddings_of(ws: Workspace, wanted: pa.Array) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows of `wanted`, their embeddings) for each embed part holding some of them."""
-    for path in ws.parts("embed", "images"):
+    for path in EMBED["images"].parts(ws.root):
         ids, emb = read_embeddings([path], "image_id")
         pos = pc.index_in(pa.array(ids, pa.string()), value_set=wanted).fill_null(-1).to_numpy()
         hit = pos >= 0
@@ -96,7 +104,7 @@ def _embeddings_of(ws: Workspace, wanted: pa.Array) -> Iterator[tuple[np.ndarray
 
 def _embedded(ws: Workspace, ids: pa.Array) -> np.ndarray:
     """Which ids have an image embedding."""
-    have = [pq.read_table(p, columns=["image_id"])["image_id"].combine_chunks() for p in ws.parts("embed", "images")]
+    have = [pq.read_table(p, columns=["image_id"])["image_id"].combine_chunks() for p in EMBED["images"].parts(ws.root)]
     if not have:
         return np.zeros(len(ids), bool)
     return pc.is_in(ids, value_set=pa.concat_arrays(have)).to_numpy(zero_copy_only=False)
@@ -174,7 +182,7 @@ def _write(ctx: Context, pool: Pool) -> dict:
     write_table(pa.table({
         "image_id": pool.ids, "part": pa.array(pool.part, pa.int32()), "sim": pa.array(pool.sim, pa.float32()),
         "cluster": pa.array(cluster), "status": pa.array(["kept", "rejected"]).take(pa.array(np.minimum(pool.reason, 1))),
-        "reason": pa.array(REASONS, pa.string()).take(pa.array(pool.reason))}), out / "pairs.parquet")
+        "reason": pa.array(REASONS, pa.string()).take(pa.array(pool.reason))}), BALANCE_PAIRS.path(ctx.ws.root))
     masks = sampling.select(pool.labels, sampling.draws(len(pool.band), ctx.cfg.runtime.seed), bc.scales, bc.method)
     columns = {"cluster": pa.array(np.arange(pool.n_clusters, dtype=np.int32)), "size_before": pa.array(pool.sizes)}
     scales = {}
@@ -186,7 +194,7 @@ def _write(ctx: Context, pool: Pool) -> dict:
         columns[name] = pa.array(sampling.sizes_after(pool.labels, mask, pool.n_clusters))
         scales[name] = {"cap": bc.scales[name], "pairs": int(mask.sum()),
                         "clusters_over_cap": int((pool.sizes > bc.scales[name]).sum())}
-    write_table(pa.table(columns), out / "clusters.parquet")
+    write_table(pa.table(columns), BALANCE_CLUSTERS.path(ctx.ws.root))
     return scales
 
 
@@ -202,5 +210,5 @@ def _work(ctx: Context, out: Path) -> dict:
 
 
 STAGE = Stage(NAME, synth_stage.STAGE, _work, config=("balance",),
-              reads=("retrieve/pairs", "synth/parts", "embed/images"), writes=("balance/pairs", "balance/scales"))
+              reads=(RETRIEVE_PAIRS, SYNTH, EMBED["images"]), writes=(BALANCE_PAIRS, BALANCE_CLUSTERS, BALANCE_SCALES))
 stage_key, run = STAGE.key, STAGE.run

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from realsyn.dedup import semantic_duplicates
 from realsyn.embed.calibrate import copy_cosines, pair_cosines, threshold
@@ -26,6 +24,15 @@ from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
 from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import part_name, summarize, write_table
+from realsyn.tables import (
+    EMBED,
+    EMBED_DEDUP,
+    EXTRACT_BLOBS,
+    EXTRACT_IMAGES,
+    EXTRACT_SENTENCES,
+    embedding_table,
+    read_embeddings,
+)
 
 NAME = "embed"
 KINDS = {"images": "image_id", "sentences": "sentence_id"}
@@ -35,33 +42,13 @@ KINDS = {"images": "image_id", "sentences": "sentence_id"}
 class _Task:
     kind: str
     index: int
-    extract_dir: Path
+    work: Path
     out: Path
     model: str
     device: str
     batch_size: int
     dtype: str
     threads: int
-
-
-def kept_rows(extract_dir: Path, kind: str, index: int, columns: list[str]) -> pa.Table:
-    """The kept rows of one extract part."""
-    t = pq.read_table(extract_dir / kind / part_name(index), columns=[*columns, "status"])
-    return t.filter(pc.equal(t["status"], "kept")).drop_columns(["status"])
-
-
-def embedding_table(ids: list[str], emb: np.ndarray, id_col: str, dtype: str) -> pa.Table:
-    values = pa.array(emb.astype(dtype).ravel())
-    return pa.table({id_col: pa.array(ids, pa.string()),
-                     "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
-
-
-def read_embeddings(paths: list[Path], id_col: str) -> tuple[list[str], np.ndarray]:
-    """Ids and float32 embeddings of some parts, concatenated in order."""
-    t = pa.concat_tables([pq.read_table(p) for p in paths])
-    col = t["embedding"].combine_chunks()
-    emb = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(t), col.type.list_size)
-    return t[id_col].to_pylist(), emb
 
 
 def _process(task: _Task) -> int:
@@ -74,13 +61,13 @@ def _process(task: _Task) -> int:
     model = load("joint", task.model, task.device)
     id_col = KINDS[task.kind]
     if task.kind == "images":
-        rows = kept_rows(task.extract_dir, "images", task.index, [id_col])
-        blobs = pq.read_table(task.extract_dir / "blobs" / part_name(task.index))
+        rows = EXTRACT_IMAGES.kept(task.work, task.index, [id_col])
+        blobs = EXTRACT_BLOBS.read(task.work, task.index)
         data = dict(zip(blobs["image_id"].to_pylist(), blobs["data"].to_pylist()))
         items = [data[i] for i in rows[id_col].to_pylist()]
         embed = model.embed_images
     else:
-        rows = kept_rows(task.extract_dir, "sentences", task.index, [id_col, "text"])
+        rows = EXTRACT_SENTENCES.kept(task.work, task.index, [id_col, "text"])
         items = rows["text"].to_pylist()
         embed = model.embed_texts
     chunks = [embed(items[a:a + task.batch_size]) for a in range(0, len(items), task.batch_size)]
@@ -92,7 +79,7 @@ def _process(task: _Task) -> int:
 
 @dataclass(frozen=True)
 class _Calibration:
-    extract_dir: Path
+    work: Path
     parts: int
     sample: int
     seed: int
@@ -112,9 +99,9 @@ def _calibrate(task: _Calibration) -> tuple[np.ndarray, np.ndarray]:
     torch.set_num_threads(task.threads)
     rng, images = np.random.default_rng(task.seed), list[bytes]()
     for i in rng.permutation(task.parts):
-        ids = kept_rows(task.extract_dir, "images", int(i), ["image_id"])["image_id"].to_pylist()
+        ids = EXTRACT_IMAGES.kept(task.work, int(i), ["image_id"])["image_id"].to_pylist()
         want = set(rng.permutation(ids)[:task.sample - len(images)].tolist()) if ids else set()
-        blobs = pq.read_table(task.extract_dir / "blobs" / part_name(int(i)))
+        blobs = EXTRACT_BLOBS.read(task.work, int(i))
         images += [d for k, d in zip(blobs["image_id"].to_pylist(), blobs["data"].to_pylist()) if k in want]
         if len(images) >= task.sample:
             break
@@ -132,7 +119,7 @@ def _image_threshold(ctx: Context, n_parts: int) -> float:
     if ec.image_dedup_threshold != "auto":
         return float(ec.image_dedup_threshold)
     if "image_dedup_threshold" not in ctx.ws.stage(NAME):
-        task = _Calibration(ctx.ws.dir(extract.NAME), n_parts, ec.image_dedup_sample, ctx.cfg.runtime.seed,
+        task = _Calibration(ctx.ws.root, n_parts, ec.image_dedup_sample, ctx.cfg.runtime.seed,
                             ctx.cfg.models.joint, ctx.cfg.runtime.device, ctx.cfg.models.batch_size, ctx.executor.threads_for(1))
         copies, pairs = next(iter(ctx.executor.map(_calibrate, [task])))
         value = threshold(copies, pairs, ec.image_dedup_quantile, ec.image_dedup_pair_quantile)
@@ -151,7 +138,7 @@ def _phash_gate(ctx: Context, n_parts: int) -> np.ndarray | None:
     gate, joint = ctx.cfg.embed.image_dedup_phash, ctx.cfg.models.joint
     if gate == "off" or (gate == "auto" and joint.split(":")[0] != "bridge"):
         return None
-    return np.concatenate([kept_rows(ctx.ws.dir(extract.NAME), "images", i, ["phash"])["phash"].fill_null(0)
+    return np.concatenate([EXTRACT_IMAGES.kept(ctx.ws.root, i, ["phash"])["phash"].fill_null(0)
                            .to_numpy().astype(np.int64) for i in range(n_parts)] or [np.zeros(0, np.int64)])
 
 
@@ -177,7 +164,7 @@ def _work(ctx: Context, out: Path) -> dict:
     n_parts = ws.stage(extract.NAME)["parts"]
     todo = [(kind, i) for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
     threads = ctx.executor.threads_for(len(todo))
-    tasks = [_Task(kind, i, ws.dir(extract.NAME), out, cfg.models.joint, cfg.runtime.device,
+    tasks = [_Task(kind, i, ws.root, out, cfg.models.joint, cfg.runtime.device,
                    cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo]
     ctx.executor.run(_process, tasks, "embed", "items")
     image_threshold = _image_threshold(ctx, n_parts)
@@ -191,7 +178,6 @@ def _work(ctx: Context, out: Path) -> dict:
 
 STAGE = Stage(NAME, extract.STAGE, _work, config=("embed", "models.joint"),
               files=lambda cfg: spec_files(cfg.models.joint),
-              reads=("extract/images", "extract/sentences", "extract/blobs"),
-              writes=("embed/images", "embed/sentences", "embed/dedup_images", "embed/dedup_sentences"),
+              reads=(EXTRACT_IMAGES, EXTRACT_SENTENCES, EXTRACT_BLOBS), writes=(*EMBED.values(), *EMBED_DEDUP.values()),
               resources=Resources(model=True))
 stage_key, run = STAGE.key, STAGE.run

@@ -16,17 +16,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.runtime.workspace import part_name
+from realsyn.tables import EXTRACT_BLOBS, EXTRACT_IMAGES, RETRIEVE_PAIRS, SYNTH
 
 Source = tuple[str, tuple[str, ...]]
 """(folder under WORK, columns; those a table lacks are None). A column `NAME>ALIAS` is read as
 NAME and recorded as ALIAS (two sources may have a column of the same name)."""
 METADATA: dict[str, Source] = {
-    "pairs": ("retrieve/pairs", ("doc_id", "texts", "sims")),
-    "synth": ("synth", ("caption>generated_caption", "tags", "syn_text")),
-    "images": ("extract/images", ("url", "source", "width", "height", "format", "alt", "caption>figure_caption",
-                                  "path")),
+    "pairs": (RETRIEVE_PAIRS.folder, ("doc_id", "texts", "sims")),
+    "synth": (SYNTH.folder, ("caption>generated_caption", "tags", "syn_text")),
+    "images": (EXTRACT_IMAGES.folder, ("url", "source", "width", "height", "format", "alt", "caption>figure_caption",
+                                       "path")),
 }
-BLOBS: Source = ("extract/blobs", ("data",))
+BLOBS: Source = (EXTRACT_BLOBS.folder, ("data",))
 
 
 def lookup(folder: Path, ids: Sequence[str], parts: Iterable[int], columns: Sequence[str],

@@ -33,18 +33,17 @@ from realsyn.export.shards import encode_image, sample_key, sample_members, shar
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import atomic_path, summarize, write_json, write_table
+from realsyn.tables import (
+    BALANCE_SCALES,
+    EXPORT_SHARDS,
+    EXTRACT_BLOBS,
+    EXTRACT_IMAGES,
+    META_SCHEMA,
+    RETRIEVE_PAIRS,
+    SYNTH,
+)
 
 NAME = "export"
-_TEXTS = ("text1", "text2", "text3", "syn_text")
-META_SCHEMA = pa.schema([
-    ("key", pa.string()), ("image_id", pa.string()), ("doc_id", pa.string()), ("url", pa.string()),
-    ("raw_image_url", pa.string()),
-    ("source", pa.string()), *((t, pa.string()) for t in _TEXTS), ("generated_caption", pa.string()),
-    ("figure_caption", pa.string()), ("alt", pa.string()),
-    ("tags", pa.list_(pa.string())), ("sims", pa.list_(pa.float32())), ("cluster", pa.int32()), ("sim", pa.float32()),
-    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
-    ("format", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
-])
 RELEASED = {"raw_image_url": "raw_image_url", "text1": "text1", "text2": "text2", "text3": "text3", "syn_text": "syn_text",
             "image_id": "image_id", "doc_id": "doc_id"}  # released column -> metadata column
 FAILURES = ("failed_to_download", "failed_to_resize")  # img2dataset's names: no bytes / not decodable
@@ -173,6 +172,5 @@ def _work(ctx: Context, out: Path) -> dict:
 
 
 STAGE = Stage(NAME, balance.STAGE, _work, config=("export",),
-              reads=("balance/scales", "retrieve/pairs", "synth/parts", "extract/images", "extract/blobs"),
-              writes=("export/shards",))
+              reads=(BALANCE_SCALES, RETRIEVE_PAIRS, SYNTH, EXTRACT_IMAGES, EXTRACT_BLOBS), writes=(EXPORT_SHARDS,))
 stage_key, run = STAGE.key, STAGE.run

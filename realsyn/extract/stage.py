@@ -25,7 +25,7 @@ from realsyn.config import Config, DownloadConfig, ExtractConfig, ModelsConfig
 from realsyn.dedup import first_occurrence, near_duplicates
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
-from realsyn.io.download import STATUS_COLUMNS, DownloadCache, download_documents
+from realsyn.io.download import DownloadCache, download_documents
 from realsyn.io.policy import from_config
 from realsyn.io.readers import detect, read_documents
 from realsyn.io.readers.base import SKIPPED
@@ -35,24 +35,19 @@ from realsyn.runtime.executor import Executor
 from realsyn.runtime.progress import Tasks, bar
 from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
+from realsyn.tables import (
+    BLOB_SCHEMA,
+    DOWNLOAD_SCHEMA,
+    EXTRACT_BLOBS,
+    EXTRACT_DOWNLOADS,
+    EXTRACT_IMAGES,
+    EXTRACT_SENTENCES,
+    IMAGE_SCHEMA,
+    SENTENCE_SCHEMA,
+)
 
 NAME = "extract"
 
-IMAGE_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
-    ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("phash", pa.int64()),
-    ("nsfw", pa.float32()), ("url", pa.string()), ("alt", pa.string()), ("caption", pa.string()), ("source", pa.string()),
-    ("status", pa.string()), ("reason", pa.string()), ("path", pa.string()),
-])
-SENTENCE_SCHEMA = pa.schema([
-    ("sentence_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
-    ("text", pa.string()), ("words", pa.int32()), ("entropy", pa.float32()),
-    ("language", pa.string()), ("perplexity", pa.float64()), ("text_hash", pa.int64()), ("source", pa.string()),
-    ("status", pa.string()), ("reason", pa.string()), ("kind", pa.string()),
-])
-BLOB_SCHEMA = pa.schema([("image_id", pa.string()), ("data", pa.binary())])
-DOWNLOAD_SCHEMA = pa.schema(list(zip(STATUS_COLUMNS, (pa.string(), pa.string(), pa.string(), pa.int32(), pa.string(),
-                                                     pa.int32(), pa.int64(), pa.bool_()))))
 
 
 @dataclass(frozen=True)
@@ -235,6 +230,6 @@ def _work(ctx: Context, out: Path) -> dict:
 
 STAGE = Stage(NAME, None, _work, config=("extract",), when=_models, files=_model_files, inputs=_inputs_key,
               check=_check_inputs, whole=True, record_inputs=True,
-              writes=("extract/images", "extract/sentences", "extract/blobs", "extract/downloads"),
+              writes=(EXTRACT_IMAGES, EXTRACT_SENTENCES, EXTRACT_BLOBS, EXTRACT_DOWNLOADS),
               resources=Resources(model=True))
 stage_key, run = STAGE.key, STAGE.run

@@ -33,6 +33,7 @@ from realsyn.report.html import esc, figure, note, page, png_img, section, table
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.stage import Stage
 from realsyn.runtime.workspace import Workspace, atomic_path
+from realsyn.tables import BALANCE_CLUSTERS, BALANCE_PAIRS, EXPORT_SHARDS, EXTRACT, RETRIEVE_PAIRS, SYNTH
 
 NAME = "report"
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff")
@@ -111,7 +112,7 @@ def _reused_texts(ctx: Context, top: int = 10) -> list[list[Any]]:
     one entry per distinct R1 text, ~100 bytes each)."""
     counts: dict[str, int] = {}
     texts: dict[str, str] = {}
-    for path in ctx.ws.parts("retrieve", "pairs"):
+    for path in RETRIEVE_PAIRS.parts(ctx.ws.root):
         t = pq.read_table(path, columns=["text_ids", "texts"])
         t = t.filter(pc.greater(pc.list_value_length(t["text_ids"]), 0))
         if not t.num_rows:
@@ -130,7 +131,7 @@ def _rejected_examples(ctx: Context, per_reason: int = 3) -> list[list[Any]]:
     """Up to `per_reason` examples of every rejection reason of extract's sentences and images."""
     out: dict[tuple[str, str], list[str]] = {}
     for kind, show in (("sentences", "text"), ("images", "source")):
-        for path in ctx.ws.parts("extract", kind):
+        for path in EXTRACT[kind].parts(ctx.ws.root):
             names = pq.read_schema(path).names
             t = pq.read_table(path, columns=[c for c in ("reason", show, "url", "path") if c in names])
             if "reason" not in names:
@@ -165,7 +166,7 @@ def _retrieval(ctx: Context) -> str:
 
 def _similarity(ctx: Context, scale: str, s1: np.ndarray) -> str:
     band = ctx.ws.stage(balance.NAME).get("counts", {}).get("band", {})
-    pool = pq.read_table(ctx.ws.dir(balance.NAME) / "pairs.parquet", columns=["sim", "reason"])
+    pool = BALANCE_PAIRS.read(ctx.ws.root, columns=["sim", "reason"])
     scored = pool.filter(pc.invert(pc.is_in(pool["reason"], value_set=pa.array(["no_synthetic_text", "no_embedding"]))))
     series = {"R1, all pairs before the band": scored["sim"].to_numpy(),
               f"R1, {scale}": pq.read_table(ctx.ws.dir(balance.NAME) / f"{scale}.parquet", columns=["sim"])["sim"].to_numpy(),
@@ -216,7 +217,7 @@ def _topics(ctx: Context, r1: list[str], s1: list[str]) -> str:
 
 
 def _clusters(ctx: Context) -> str:
-    t = pq.read_table(ctx.ws.dir(balance.NAME) / "clusters.parquet")
+    t = BALANCE_CLUSTERS.read(ctx.ws.root)
     columns = {name: t[name].to_numpy() for name in t.column_names if name != "cluster"}
     rows = [[name, int((v > 0).sum()), int(v.sum()), int(v.max(initial=0)), float(v.mean()) if len(v) else 0.0] for name, v in columns.items()]
     return section("clusters", "Cluster sizes before and after balancing", figure(plots.sorted_sizes(columns), "cluster sizes"),
@@ -298,6 +299,5 @@ def _work(ctx: Context, out: Path) -> dict:
 
 STAGE = Stage(NAME, export.STAGE, _work, config=("report", "models.joint"),
               files=lambda cfg: spec_files(cfg.models.joint),
-              reads=("extract/images", "extract/sentences", "retrieve/pairs", "synth/parts", "balance/pairs",
-                     "export/shards"), writes=("report/html",))
+              reads=(*EXTRACT.values(), RETRIEVE_PAIRS, SYNTH, BALANCE_PAIRS, BALANCE_CLUSTERS, EXPORT_SHARDS))
 stage_key, run = STAGE.key, STAGE.run

@@ -49,7 +49,16 @@ from realsyn.retrieve.search import (
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.stage import Stage
-from realsyn.runtime.workspace import atomic_path, part_name, summarize, write_table
+from realsyn.runtime.workspace import atomic_path, summarize
+from realsyn.tables import (
+    EMBED,
+    EMBED_DEDUP,
+    EXTRACT_IMAGES,
+    EXTRACT_SENTENCES,
+    RETRIEVE_INDEX,
+    RETRIEVE_PAIRS,
+    read_embeddings,
+)
 
 NAME = "retrieve"
 _BINS = 2000  # top-1 similarity histogram over [-1, 1]: percentiles to 0.001
@@ -100,15 +109,15 @@ def _kept_mask(dedup: Path) -> np.ndarray:
 def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
     """Kept sentence embeddings in part order (n x d float32, filled in place); writes
     `sentences.arrow` and `parts.npy`."""
-    kept = _kept_mask(work / embed.NAME / "dedup_sentences.parquet")
+    kept = _kept_mask(EMBED_DEDUP["sentences"].path(work))
     x, rows, row = np.zeros((0, 0), np.float32), [0], 0
     schema = pa.schema([(c, pa.int32() if c == "position" else pa.string()) for c in _TEXT_COLUMNS])
     with atomic_path(out / "sentences.arrow") as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
         for i in range(n_parts):
-            ids, emb = embed.read_embeddings([work / embed.NAME / "sentences" / part_name(i)], "sentence_id")
+            ids, emb = read_embeddings([EMBED["sentences"].path(work, i)], "sentence_id")
             mask = kept[row:row + len(ids)]
             row += len(ids)
-            texts = embed.kept_rows(work / extract.NAME, "sentences", i, _TEXT_COLUMNS).filter(pa.array(mask))
+            texts = EXTRACT_SENTENCES.kept(work, i, _TEXT_COLUMNS).filter(pa.array(mask))
             if texts["sentence_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
                 raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
             writer.write_table(texts.cast(schema))
@@ -125,7 +134,7 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
     if "clusters" in ctx.ws.stage(NAME):
         return
     rc, seed = ctx.cfg.retrieve, ctx.cfg.runtime.seed
-    _save(_kept_mask(ctx.ws.dir(embed.NAME) / "dedup_images.parquet"), out / "images_kept.npy")
+    _save(_kept_mask(EMBED_DEDUP["images"].path(ctx.ws.root)), out / "images_kept.npy")
     x = _load_pool(ctx.ws.root, out, n_parts)
     n, d = x.shape
     clusters = min(n, rc.clusters or auto_clusters(n, rc.sentences_per_cluster))
@@ -151,11 +160,11 @@ def _spread(ctx: Context, x: np.ndarray, n_parts: int, sample: int = 2048) -> fl
     texts = x[np.sort(rng.choice(len(x), min(len(x), 2 * sample), replace=False))] if len(x) else x
     kept, starts, images = _load(ctx.ws.dir(NAME) / "images_kept.npy"), [0], list[np.ndarray]()
     for i in range(n_parts):
-        starts.append(starts[-1] + pq.ParquetFile(ctx.ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows)
+        starts.append(starts[-1] + pq.ParquetFile(EMBED["images"].path(ctx.ws.root, i)).metadata.num_rows)
     for i in rng.permutation(n_parts):
         if sum(len(e) for e in images) >= sample:
             break
-        emb = embed.read_embeddings([ctx.ws.dir(embed.NAME) / "images" / part_name(int(i))], "image_id")[1]
+        emb = read_embeddings([EMBED["images"].path(ctx.ws.root, int(i))], "image_id")[1]
         images.append(emb[np.asarray(kept[starts[i]:starts[i + 1]])])
     q = np.concatenate(images)[:sample] if images else np.zeros((0, x.shape[1]), np.float32)
     return similarity_spread(q, texts)
@@ -169,9 +178,9 @@ def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
 
 def _part_images(work: Path, index: int, start: int) -> tuple[pa.Table, np.ndarray]:
     """(image_id, doc_id, position) and embeddings of one part's images kept by dedup."""
-    ids, emb = embed.read_embeddings([work / embed.NAME / "images" / part_name(index)], "image_id")
+    ids, emb = read_embeddings([EMBED["images"].path(work, index)], "image_id")
     mask = np.asarray(_load(work / NAME / "images_kept.npy")[start:start + len(ids)])
-    rows = embed.kept_rows(work / extract.NAME, "images", index, ["image_id", "doc_id", "position"]).filter(pa.array(mask))
+    rows = EXTRACT_IMAGES.kept(work, index, ["image_id", "doc_id", "position"]).filter(pa.array(mask))
     if rows["image_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
         raise PipelineError(f"retrieve: image part {index} of extract and embed do not match; rerun embed")
     return rows, emb[mask]
@@ -256,7 +265,7 @@ def _process(task: _Task) -> int:
     for i, size in zip(task.parts, sizes):
         sl = slice(lo, lo + size)
         table = _pairs_table(images.select(["image_id", "doc_id"]).slice(lo, size), TopK(hits.idx[sl], hits.sims[sl]), same[sl], cluster[sl], sentences)
-        write_table(table, task.work / NAME / "pairs" / part_name(i))
+        RETRIEVE_PAIRS.write(task.work, table, i)
         lo += size
     return images.num_rows
 
@@ -273,7 +282,7 @@ def _plan(work: Path, starts: np.ndarray, cfg: RetrieveConfig, threads: int) -> 
         groups[-1].append(i)
         size += int(starts[i + 1] - starts[i])
     return [_Task(tuple(g), tuple(int(starts[i]) for i in g), work, cfg, threads) for g in groups
-            if not all((work / NAME / "pairs" / part_name(i)).exists() for i in g)]
+            if not all(RETRIEVE_PAIRS.path(work, i).exists() for i in g)]
 
 
 def _summary(paths: list[Path]) -> dict:
@@ -306,7 +315,7 @@ def _recall(work: Path, index: ClusterIndex, starts: np.ndarray, cfg: RetrieveCo
         return {"recall_at_k": None, "recall_images": 0}
     rows = np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
     part = np.searchsorted(starts, rows, side="right") - 1
-    q = np.concatenate([embed.read_embeddings([work / embed.NAME / "images" / part_name(int(p))], "image_id")[1][rows[part == p] - starts[p]]
+    q = np.concatenate([read_embeddings([EMBED["images"].path(work, int(p))], "image_id")[1][rows[part == p] - starts[p]]
                         for p in np.unique(part)])
     approx = index.search(q, cfg.k, cfg.nprobe, threads)[0].idx
     exact = exact_topk(q, index.vectors, cfg.k).idx
@@ -316,7 +325,7 @@ def _recall(work: Path, index: ClusterIndex, starts: np.ndarray, cfg: RetrieveCo
 def _cap_uses(ctx: Context, out: Path) -> None:
     """`retrieve.max_uses` over the finished pairs (resumable: the choices are saved before any
     part is rewritten, and rewriting is idempotent)."""
-    rc, paths = ctx.cfg.retrieve, ctx.ws.parts(NAME, "pairs")
+    rc, paths = ctx.cfg.retrieve, RETRIEVE_PAIRS.parts(ctx.ws.root)
     if not rc.max_uses or ctx.ws.stage(NAME).get("max_uses_done"):
         return
     if not (out / "uses.npy").exists():
@@ -332,7 +341,7 @@ def _work(ctx: Context, out: Path) -> dict:
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
     _build_index(ctx, out, n_parts, cpu_count())
-    sizes = [pq.ParquetFile(ws.dir(embed.NAME) / "images" / part_name(i)).metadata.num_rows for i in range(n_parts)]
+    sizes = [pq.ParquetFile(EMBED["images"].path(ws.root, i)).metadata.num_rows for i in range(n_parts)]
     starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
     spread = ws.stage(NAME).get("sim_spread", 1.0)  # bonuses are in units of the encoder's similarity spread
     rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread,
@@ -343,14 +352,13 @@ def _work(ctx: Context, out: Path) -> dict:
     _cap_uses(ctx, out)
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
-    counts = {**_summary(ws.parts(NAME, "pairs")), "sentences": stage["sentences"], "clusters": stage["clusters"],
+    counts = {**_summary(RETRIEVE_PAIRS.parts(ws.root)), "sentences": stage["sentences"], "clusters": stage["clusters"],
               "sim_spread": spread, **{k: v for k, v in stage.items() if k.startswith("max_uses_") and k != "max_uses_done"},
               "scope": cfg.retrieve.scope, **_recall(ws.root, index, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
     return counts
 
 
 STAGE = Stage(NAME, embed.STAGE, _work, config=("retrieve",),
-              reads=("extract/images", "extract/sentences", "embed/images", "embed/sentences", "embed/dedup_images",
-                     "embed/dedup_sentences"),
-              writes=("retrieve/pairs", "retrieve/index"))
+              reads=(EXTRACT_IMAGES, EXTRACT_SENTENCES, *EMBED.values(), *EMBED_DEDUP.values()),
+              writes=(RETRIEVE_PAIRS, RETRIEVE_INDEX))
 stage_key, run = STAGE.key, STAGE.run

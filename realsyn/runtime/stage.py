@@ -30,6 +30,7 @@ __all__ = ["Resources", "Stage", "files_digest"]
 if TYPE_CHECKING:
     from realsyn.config import Config
     from realsyn.runtime.context import Context
+    from realsyn.tables import Table
 
 _WHOLE_FILE = 64 << 20  # files up to this size are hashed whole; larger ones (model weights) by size and ends
 _END = 1 << 20
@@ -49,8 +50,8 @@ class Stage:
     upstream: Stage | None
     work: Callable[[Context, Path], dict[str, Any]]
     config: tuple[str, ...]
-    reads: tuple[str, ...] = ()  # workspace tables, "stage/table"
-    writes: tuple[str, ...] = ()
+    reads: tuple[Table, ...] = ()  # workspace tables (`realsyn/tables.py`)
+    writes: tuple[Table, ...] = ()
     resources: Resources = field(default_factory=Resources)
     when: Callable[[Config], tuple[str, ...]] = _none
     files: Callable[[Config], tuple[Path, ...]] = _no_files

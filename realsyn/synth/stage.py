@@ -35,6 +35,7 @@ from realsyn.retrieve import stage as retrieve_stage
 from realsyn.runtime.context import Context
 from realsyn.runtime.stage import Resources, Stage
 from realsyn.runtime.workspace import summarize, write_table
+from realsyn.tables import EXTRACT_BLOBS, EXTRACT_IMAGES, RETRIEVE_PAIRS, SYNTH
 
 NAME = "synth"
 
@@ -184,7 +185,7 @@ def _ids_by_file(paths: list[Path], label: str) -> pa.Table:
 
 def _blob_parts(extract_dir: Path, pairs: list[Path]) -> dict[Path, tuple[Path, ...]]:
     """The blob parts holding each pairs part's images: one join of the compact id columns."""
-    blobs = sorted((extract_dir / "blobs").glob("part-*.parquet"))
+    blobs = EXTRACT_BLOBS.parts(extract_dir.parent)
     joined = _ids_by_file(pairs, "pairs").join(_ids_by_file(blobs, "blob"), "image_id", join_type="inner")
     grouped = joined.group_by("pairs").aggregate([("blob", "distinct")])
     need = dict(zip(grouped["pairs"].to_pylist(), grouped["blob_distinct"].to_pylist()))
@@ -209,7 +210,7 @@ def _summary(parts: list[Path]) -> dict[str, Any]:
 def _work(ctx: Context, out: Path) -> dict:
     """One task per retrieve part not yet done; the counts from every part's metadata."""
     ws, cfg = ctx.ws, ctx.cfg
-    pairs = ws.parts(retrieve_stage.NAME, "pairs")
+    pairs = RETRIEVE_PAIRS.parts(ws.root)
     todo = [p for p in pairs if not (out / p.name).exists()]
     blobs = _blob_parts(ws.dir(extract_stage.NAME), todo) if todo else {}
     threads = ctx.executor.threads_for(len(todo))
@@ -220,6 +221,6 @@ def _work(ctx: Context, out: Path) -> dict:
 
 
 STAGE = Stage(NAME, retrieve_stage.STAGE, _work, config=("synth", *_MODELS), when=_langid, files=_files,
-              reads=("retrieve/pairs", "extract/images", "extract/blobs"), writes=("synth/parts",),
+              reads=(RETRIEVE_PAIRS, EXTRACT_IMAGES, EXTRACT_BLOBS), writes=(SYNTH,),
               resources=Resources(model=True))
 stage_key, run = STAGE.key, STAGE.run
