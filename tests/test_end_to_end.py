@@ -161,9 +161,12 @@ def test_retrieval_on_the_real_corpus(work, data_dir, tmp_path, report):
     realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(glob), "--quiet", "--until", "retrieve",
             "--set", "extract.sentences.perplexity=false", "--set", "retrieve.scope=global")
     globs = [p for p in pq.read_table(glob / "retrieve" / "pairs").to_pylist() if p["status"] == "kept"]
-    assert globs and all(p["sims"] == sorted(p["sims"], reverse=True) for p in globs)
+    counts = json.loads((glob / "manifest.json").read_text())["stages"]["retrieve"]["counts"]
+    # best first, except the images retrieve.max_uses gave another R1 (their other texts stay in order)
+    assert globs and all(p["sims"][1:] == sorted(p["sims"][1:], reverse=True) for p in globs)
+    assert sum(p["sims"] != sorted(p["sims"], reverse=True) for p in globs) <= counts["max_uses_moved"]
     rates = {scope: _caption_hits(w) for scope, w in (("global", glob), ("hybrid", work))}
-    recall = json.loads((glob / "manifest.json").read_text())["stages"]["retrieve"]["counts"]["recall_at_k"]
+    recall = counts["recall_at_k"]
     for scope, (hits, eligible, pool) in rates.items():
         report(f"retrieve ({scope}): own figure caption in the top 3 for {hits} of {eligible} images "
               f"(chance {3 / pool:.4f})")
