@@ -30,7 +30,7 @@ from realsyn.centroids import auto_clusters, nearest_centroids, train_kmeans
 from realsyn.config import BalanceConfig
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
-from realsyn.runtime.stage import Stage
+from realsyn.runtime.stage import Plan, Stage
 from realsyn.runtime.workspace import Workspace, summarize, write_table
 from realsyn.synth import stage as synth_stage
 from realsyn.tables import (
@@ -198,7 +198,7 @@ def _write(ctx: Context, pool: Pool) -> dict:
     return scales
 
 
-def _work(ctx: Context, out: Path) -> dict:
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     """The band, the clusters and every scale's draw (one global step)."""
     pool = prepare(ctx)
     scales = _write(ctx, pool)
@@ -209,6 +209,6 @@ def _work(ctx: Context, out: Path) -> dict:
     return counts
 
 
-STAGE = Stage(NAME, synth_stage.STAGE, _work, config=("balance",),
+STAGE = Stage(NAME, synth_stage.STAGE, _finish, config=("balance",),
               reads=(RETRIEVE_PAIRS, SYNTH, EMBED["images"]), writes=(BALANCE_PAIRS, BALANCE_CLUSTERS, BALANCE_SCALES))
 stage_key, run = STAGE.key, STAGE.run

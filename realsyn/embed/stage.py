@@ -22,7 +22,7 @@ from realsyn.embed.calibrate import copy_cosines, pair_cosines, threshold
 from realsyn.extract import stage as extract
 from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
-from realsyn.runtime.stage import Resources, Stage
+from realsyn.runtime.stage import Plan, Resources, Stage
 from realsyn.runtime.workspace import part_name, summarize, write_table
 from realsyn.tables import (
     EMBED,
@@ -158,15 +158,20 @@ def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int, phas
     return Counter({"kept": int((~dup).sum()), "rejected:semantic_duplicate": int(dup.sum())})
 
 
-def _work(ctx: Context, out: Path) -> dict:
-    """Embeddings part by part (resumed), then semantic dedup per modality."""
+def _plan(ctx: Context, out: Path) -> Plan:
+    """One task per extract part and modality not yet embedded."""
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
     todo = [(kind, i) for kind in KINDS for i in range(n_parts) if not (out / kind / part_name(i)).exists()]
     threads = ctx.executor.threads_for(len(todo))
-    tasks = [_Task(kind, i, ws.root, out, cfg.models.joint, cfg.runtime.device,
-                   cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo]
-    ctx.executor.run(_process, tasks, "embed", "items")
+    return Plan([_Task(kind, i, ws.root, out, cfg.models.joint, cfg.runtime.device,
+                       cfg.models.batch_size, cfg.embed.dtype, threads) for kind, i in todo])
+
+
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
+    """Semantic dedup per modality (the image threshold calibrated first, with `auto`)."""
+    ws, cfg = ctx.ws, ctx.cfg
+    n_parts = ws.stage(extract.NAME)["parts"]
     image_threshold = _image_threshold(ctx, n_parts)
     counts = {"images": summarize(_dedup(out, "images", n_parts, image_threshold, cfg.runtime.seed,
                                          _phash_gate(ctx, n_parts), cfg.embed.image_dedup_phash_bits)),
@@ -176,7 +181,7 @@ def _work(ctx: Context, out: Path) -> dict:
     return counts
 
 
-STAGE = Stage(NAME, extract.STAGE, _work, config=("embed", "models.joint"),
+STAGE = Stage(NAME, extract.STAGE, _finish, config=("embed", "models.joint"), plan=_plan, process=_process,
               files=lambda cfg: spec_files(cfg.models.joint),
               reads=(EXTRACT_IMAGES, EXTRACT_SENTENCES, EXTRACT_BLOBS), writes=(*EMBED.values(), *EMBED_DEDUP.values()),
               resources=Resources(model=True))

@@ -31,7 +31,7 @@ from realsyn.config import ExportConfig
 from realsyn.export.records import BLOBS, gather, lookup
 from realsyn.export.shards import encode_image, sample_key, sample_members, shard_name, write_tar
 from realsyn.runtime.context import Context, PipelineError
-from realsyn.runtime.stage import Stage
+from realsyn.runtime.stage import Plan, Stage
 from realsyn.runtime.workspace import atomic_path, summarize, write_json, write_table
 from realsyn.tables import (
     BALANCE_SCALES,
@@ -164,13 +164,18 @@ def _finish_scale(folder: Path, n_shards: int) -> dict[str, Any]:
     return {**summarize(counts), "shards": n_shards}
 
 
-def _work(ctx: Context, out: Path) -> dict:
-    """One task per shard not yet written, then each scale's sizes and released table."""
+def _plan_stage(ctx: Context, out: Path) -> Plan:
+    """One task per shard not yet written."""
     tasks, shards = _plan(ctx, out)
-    ctx.executor.run(_write_shard, tasks, "export", "samples", total=sum(t.rows.num_rows for t in tasks))
-    return {scale: _finish_scale(out / scale, n) for scale, n in shards.items()}
+    return Plan(tasks, total=sum(t.rows.num_rows for t in tasks), info=shards)
 
 
-STAGE = Stage(NAME, balance.STAGE, _work, config=("export",),
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
+    """Each scale's sizes and released table."""
+    return {scale: _finish_scale(out / scale, n) for scale, n in plan.info.items()}
+
+
+STAGE = Stage(NAME, balance.STAGE, _finish, config=("export",), plan=_plan_stage, process=_write_shard,
+              unit="samples",
               reads=(BALANCE_SCALES, RETRIEVE_PAIRS, SYNTH, EXTRACT_IMAGES, EXTRACT_BLOBS), writes=(EXPORT_SHARDS,))
 stage_key, run = STAGE.key, STAGE.run

@@ -31,9 +31,7 @@ from realsyn.io.readers import detect, read_documents
 from realsyn.io.readers.base import SKIPPED
 from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
-from realsyn.runtime.executor import Executor
-from realsyn.runtime.progress import Tasks, bar
-from realsyn.runtime.stage import Resources, Stage
+from realsyn.runtime.stage import Plan, Resources, Stage
 from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
 from realsyn.tables import (
     BLOB_SCHEMA,
@@ -128,28 +126,23 @@ def _check_inputs(ctx: Context) -> None:
         detect(path)
 
 
-def _phase_parts(inputs: list[Path], out: Path, cfg: Config, executor: Executor) -> tuple[int, int, dict[str, int]]:
-    """Run phase 1 over all chunks, skipping finished parts; returns (parts, documents, documents
-    the readers skipped by reason). The driver reads every input, also when parts are done."""
-    n = n_docs = 0
-    before = Counter(SKIPPED)
-    progress = bar("extract", "docs")
+class _Parts:
+    """The stream of phase-1 tasks, one per chunk of documents not yet done (a finished part is
+    skipped; the driver reads every input, also when parts are done). Once read through, it holds
+    the number of parts, of documents and of documents the readers skipped, by reason."""
 
-    def tasks() -> Iterator[_Task]:
-        nonlocal n, n_docs
-        for i, docs in enumerate(_chunks(inputs, cfg.extract)):
-            n, n_docs = i + 1, n_docs + len(docs)
-            if (out / "_raw" / "images" / part_name(i)).exists():
-                progress.update(len(docs))
-                continue
-            yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, out, cfg.download)
+    def __init__(self, inputs: list[Path], out: Path, cfg: Config) -> None:
+        self.inputs, self.out, self.cfg = inputs, out, cfg
+        self.parts = self.documents = 0
+        self.skipped: dict[str, int] = {}
 
-    tracked = Tasks("extract", "docs", None)  # the parts are known only once every input is read
-    for docs in executor.map(_process, tasks()):
-        progress.update(docs)
-        tracked.update(docs)
-    progress.close()
-    return n, n_docs, dict(sorted((SKIPPED - before).items()))
+    def __iter__(self) -> Iterator[_Task]:
+        cfg, before = self.cfg, Counter(SKIPPED)
+        for i, docs in enumerate(_chunks(self.inputs, cfg.extract)):
+            self.parts, self.documents = i + 1, self.documents + len(docs)
+            if not (self.out / "_raw" / "images" / part_name(i)).exists():
+                yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, self.out, cfg.download)
+        self.skipped = dict(sorted((SKIPPED - before).items()))
 
 
 def _read_column(paths: list[Path], columns: list[str]) -> pa.Table:
@@ -212,12 +205,19 @@ def _dedup_sentences(out: Path, n_parts: int) -> Counter:
     return _finalize(out, "sentences", n_parts, group, reasons, "sentence_id")
 
 
-def _work(ctx: Context, out: Path) -> dict:
-    """Phase 1 (resumed part by part), then the global dedup; `_raw` is gone once done."""
+def _plan(ctx: Context, out: Path) -> Plan:
+    """Phase 1's tasks, streamed from the inputs (none once every part is done)."""
+    if "parts" in ctx.ws.stage(NAME):
+        return Plan()
+    parts = _Parts(ctx.inputs, out, ctx.cfg)
+    return Plan(parts, info=parts)
+
+
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
+    """Record phase 1's counts, then the global dedup; `_raw` is gone once done."""
     ws, cfg = ctx.ws, ctx.cfg
-    if "parts" not in ws.stage(NAME):
-        n_parts, n_docs, skipped = _phase_parts(ctx.inputs, out, cfg, ctx.executor)
-        ws.note(NAME, parts=n_parts, documents=n_docs, documents_skipped=skipped)
+    if plan.info is not None:
+        ws.note(NAME, parts=plan.info.parts, documents=plan.info.documents, documents_skipped=plan.info.skipped)
     n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
     images = _dedup_images(out, cfg, n_parts)
     sentences = _dedup_sentences(out, n_parts)
@@ -228,7 +228,7 @@ def _work(ctx: Context, out: Path) -> dict:
     return counts
 
 
-STAGE = Stage(NAME, None, _work, config=("extract",), when=_models, files=_model_files, inputs=_inputs_key,
+STAGE = Stage(NAME, None, _finish, config=("extract",), plan=_plan, process=_process, unit="docs", when=_models, files=_model_files, inputs=_inputs_key,
               check=_check_inputs, whole=True, record_inputs=True,
               writes=(EXTRACT_IMAGES, EXTRACT_SENTENCES, EXTRACT_BLOBS, EXTRACT_DOWNLOADS),
               resources=Resources(model=True))

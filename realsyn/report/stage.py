@@ -31,7 +31,7 @@ from realsyn.models.registry import spec_files
 from realsyn.report import assess, plots
 from realsyn.report.html import esc, figure, note, page, png_img, section, table
 from realsyn.runtime.context import Context, PipelineError
-from realsyn.runtime.stage import Stage
+from realsyn.runtime.stage import Plan, Stage
 from realsyn.runtime.workspace import Workspace, atomic_path
 from realsyn.tables import BALANCE_CLUSTERS, BALANCE_PAIRS, EXPORT_SHARDS, EXTRACT, RETRIEVE_PAIRS, SYNTH
 
@@ -289,7 +289,7 @@ def build(ctx: Context) -> str:
     return page("RealSyn dataset report", intro, sections)
 
 
-def _work(ctx: Context, out: Path) -> dict:
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     """Write report/index.html."""
     text = build(ctx)
     with atomic_path(out / "index.html") as tmp:
@@ -297,7 +297,7 @@ def _work(ctx: Context, out: Path) -> dict:
     return {"html": str((out / "index.html").relative_to(ctx.ws.root)), "bytes": len(text.encode())}
 
 
-STAGE = Stage(NAME, export.STAGE, _work, config=("report", "models.joint"),
+STAGE = Stage(NAME, export.STAGE, _finish, config=("report", "models.joint"),
               files=lambda cfg: spec_files(cfg.models.joint),
               reads=(*EXTRACT.values(), RETRIEVE_PAIRS, SYNTH, BALANCE_PAIRS, BALANCE_CLUSTERS, EXPORT_SHARDS))
 stage_key, run = STAGE.key, STAGE.run

@@ -48,7 +48,7 @@ from realsyn.retrieve.search import (
 )
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
-from realsyn.runtime.stage import Stage
+from realsyn.runtime.stage import Plan, Stage
 from realsyn.runtime.workspace import atomic_path, summarize
 from realsyn.tables import (
     EMBED,
@@ -336,8 +336,8 @@ def _cap_uses(ctx: Context, out: Path) -> None:
     ctx.ws.note(NAME, max_uses_done=True)
 
 
-def _work(ctx: Context, out: Path) -> dict:
-    """The index (global step, resumable), the per-part search tasks, then `max_uses`."""
+def _plan_stage(ctx: Context, out: Path) -> Plan:
+    """The index (a global step, resumable), then the search tasks of the parts not yet done."""
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
     _build_index(ctx, out, n_parts, cpu_count())
@@ -348,7 +348,13 @@ def _work(ctx: Context, out: Path) -> dict:
                                          "near_bonus": cfg.retrieve.near_bonus * spread})
     tasks = _plan(ws.root, starts, rc, 1)
     threads = ctx.executor.threads_for(len(tasks))
-    ctx.executor.run(_process, [replace(t, threads=threads) for t in tasks], "retrieve", "images")
+    return Plan([replace(t, threads=threads) for t in tasks], info=(starts, spread))
+
+
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
+    """`max_uses` over the finished pairs, then the counts, the similarity summary and recall."""
+    ws, cfg = ctx.ws, ctx.cfg
+    starts, spread = plan.info
     _cap_uses(ctx, out)
     index, _ = _open_index(out)
     stage = ws.stage(NAME)
@@ -358,7 +364,7 @@ def _work(ctx: Context, out: Path) -> dict:
     return counts
 
 
-STAGE = Stage(NAME, embed.STAGE, _work, config=("retrieve",),
+STAGE = Stage(NAME, embed.STAGE, _finish, config=("retrieve",), plan=_plan_stage, process=_process, unit="images",
               reads=(EXTRACT_IMAGES, EXTRACT_SENTENCES, *EMBED.values(), *EMBED_DEDUP.values()),
               writes=(RETRIEVE_PAIRS, RETRIEVE_INDEX))
 stage_key, run = STAGE.key, STAGE.run

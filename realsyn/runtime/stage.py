@@ -5,27 +5,29 @@ A `Stage` declares its name, the stage it follows, the config it depends on (sec
 fields; `when` adds fields that matter only with some settings, such as extract's language model
 when the perplexity filter is on), the files outside the config it depends on (a prompt YAML, a
 local model folder: hashed by content), the tables it reads and writes, and its resources per
-task. Its `work(ctx, out)` does (or resumes) the stage in its folder and returns its counts.
+task. It provides `plan(ctx, out)` (the tasks still to do, after any global step they need, such
+as retrieve's index), `process(task)` (one task, in a worker, returning the items it did) and
+`finish(ctx, out, plan)` (the global step after the tasks, returning the stage's counts).
 
 The base owns the rest: `key()` is derived from the declaration (config hash with the seed,
 file digests, the input fingerprint for the first stage, the upstream key), so a change to any
 declared field or file makes this stage and every later one stale; `run()` checks the inputs,
-begins (wiping a stage whose key changed, resuming one that was interrupted), times the work and
-records the counts.
+begins (wiping a stage whose key changed, resuming one that was interrupted), runs the planned
+tasks on the executor with a progress bar, finishes, times it and records the counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realsyn.runtime.resources import Resources
 
-__all__ = ["Resources", "Stage", "files_digest"]
+__all__ = ["Plan", "Resources", "Stage", "files_digest"]
 
 if TYPE_CHECKING:
     from realsyn.config import Config
@@ -44,12 +46,26 @@ def _no_files(cfg: Config) -> tuple[Path, ...]:
     return ()
 
 
+@dataclass
+class Plan:
+    """What a stage's `plan()` returns: the tasks still to do (a list, or a stream read as the
+    executor submits them), the total of items when known (for the progress bar), and anything
+    `finish()` needs from planning."""
+
+    tasks: Iterable[Any] = ()
+    total: int | None = None
+    info: Any = None
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     upstream: Stage | None
-    work: Callable[[Context, Path], dict[str, Any]]
+    finish: Callable[[Context, Path, Plan], dict[str, Any]]  # the global step after the tasks; the counts
     config: tuple[str, ...]
+    plan: Callable[[Context, Path], Plan] | None = None  # the tasks still to do (after a global step they need)
+    process: Callable[[Any], int] | None = None  # one task, in a worker; returns the items it did
+    unit: str = "items"  # what process() counts, for the progress bar
     reads: tuple[Table, ...] = ()  # workspace tables (`realsyn/tables.py`)
     writes: tuple[Table, ...] = ()
     resources: Resources = field(default_factory=Resources)
@@ -83,7 +99,10 @@ class Stage:
             self.check(ctx)
         info = {"inputs": [ctx.ws.recorded(p) for p in ctx.inputs]} if self.record_inputs else {}
         out = ctx.ws.begin(self.name, key, whole=self.whole, **info)
-        counts = self.work(ctx, out)
+        plan = self.plan(ctx, out) if self.plan is not None else Plan()
+        if self.process is not None:
+            ctx.executor.run(self.process, plan.tasks, self.name, self.unit, total=plan.total)
+        counts = self.finish(ctx, out, plan)
         ctx.ws.finish(self.name, counts, time.time() - started)
         return counts
 

@@ -33,7 +33,7 @@ from realsyn.models.registry import spec_files
 from realsyn.prompts import prompt_path
 from realsyn.retrieve import stage as retrieve_stage
 from realsyn.runtime.context import Context
-from realsyn.runtime.stage import Resources, Stage
+from realsyn.runtime.stage import Plan, Resources, Stage
 from realsyn.runtime.workspace import summarize, write_table
 from realsyn.tables import EXTRACT_BLOBS, EXTRACT_IMAGES, RETRIEVE_PAIRS, SYNTH
 
@@ -207,20 +207,24 @@ def _summary(parts: list[Path]) -> dict[str, Any]:
             **{name: ", ".join(sorted(values)) or None for name, values in seen.items()}}
 
 
-def _work(ctx: Context, out: Path) -> dict:
-    """One task per retrieve part not yet done; the counts from every part's metadata."""
+def _plan(ctx: Context, out: Path) -> Plan:
+    """One task per retrieve part not yet done."""
     ws, cfg = ctx.ws, ctx.cfg
     pairs = RETRIEVE_PAIRS.parts(ws.root)
     todo = [p for p in pairs if not (out / p.name).exists()]
     blobs = _blob_parts(ws.dir(extract_stage.NAME), todo) if todo else {}
     threads = ctx.executor.threads_for(len(todo))
-    tasks = [_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed, threads)
-             for p in todo]
-    ctx.executor.run(_process, tasks, "synth", "images")
-    return _summary([out / p.name for p in pairs])
+    return Plan([_Task(p, blobs[p], out, cfg.synth, cfg.models, cfg.runtime.device, cfg.runtime.seed, threads)
+                 for p in todo], info=pairs)
 
 
-STAGE = Stage(NAME, retrieve_stage.STAGE, _work, config=("synth", *_MODELS), when=_langid, files=_files,
+def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
+    """The counts from every part's metadata."""
+    return _summary([out / p.name for p in plan.info])
+
+
+STAGE = Stage(NAME, retrieve_stage.STAGE, _finish, config=("synth", *_MODELS), when=_langid, files=_files,
+              plan=_plan, process=_process, unit="images",
               reads=(RETRIEVE_PAIRS, EXTRACT_IMAGES, EXTRACT_BLOBS), writes=(SYNTH,),
               resources=Resources(model=True))
 stage_key, run = STAGE.key, STAGE.run
