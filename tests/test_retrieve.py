@@ -300,3 +300,21 @@ def test_move_to_front_is_idempotent():
     assert once["text_ids"].to_pylist() == [["c", "a", "b"], ["d"]] and once["texts"].to_pylist()[0] == ["C", "A", "B"]
     assert once["sims"].to_pylist()[0] == pytest.approx([0.1, 0.3, 0.2])
     assert move_to_front(once, chosen).equals(once)
+
+
+def test_apply_scope_is_the_whole_policy():
+    """global: the pool's list; document: the own document's; hybrid: both, same-document texts
+    ranked up by the bonus; min_sim drops weak texts of each list first."""
+    from realsyn.retrieve.search import Scope, apply_scope
+
+    glob = TopK(np.array([[10, 11, 12]]), np.array([[0.9, 0.5, 0.1]], np.float32))
+    doc = TopK(np.array([[20, 21, -1]]), np.array([[0.4, 0.3, -np.inf]], np.float32))
+
+    def context(h: TopK) -> tuple[np.ndarray, np.ndarray]:
+        same = h.idx >= 20  # rows 20+ are the image's own document, at distance 1
+        return same, np.ones(h.idx.shape, np.int64)
+
+    assert apply_scope(glob, doc, Scope("global", 3, 0.2), context).idx.tolist() == [[10, 11, -1]]
+    assert apply_scope(glob, doc, Scope("document", 3), context).idx.tolist() == [[20, 21, -1]]
+    merged = apply_scope(glob, doc, Scope("hybrid", 3, None, doc_bonus=0.0, near_bonus=0.6), context)
+    assert merged.idx.tolist() == [[20, 21, 10]] and merged.sims.tolist()[0] == pytest.approx([0.4, 0.3, 0.9])

@@ -185,3 +185,33 @@ def similarity_spread(images: np.ndarray, texts: np.ndarray) -> float:
         return 1.0
     sims = images.astype(np.float32) @ texts.astype(np.float32).T
     return float(max(sims.std(), 1e-6))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which texts an image may get (`retrieve.scope`) and how same-document texts rank."""
+
+    name: str  # global | document | hybrid
+    k: int
+    min_sim: float | None = None
+    doc_bonus: float = 0.0  # in cosine units (the stage scales the config's spread units)
+    near_bonus: float = 0.0
+
+
+Context = Callable[[TopK], tuple[np.ndarray, np.ndarray]]
+"""(m, k) flags "the text comes from the image's own document" and distances in document items
+of a list of hits (the caller reads them from its tables)."""
+
+
+def apply_scope(glob: TopK, doc: TopK | None, scope: Scope, context: Context) -> TopK:
+    """The texts of each image under `scope`: `global` the pool's best, `document` its own
+    document's best, `hybrid` both lists merged with `context_bonus` (a text in both counts once).
+    `min_sim` drops weak texts from each list first, so they never crowd out the other's."""
+    glob = drop_below(glob, scope.min_sim)
+    if scope.name == "global" or doc is None:
+        return glob
+    doc = drop_below(doc, scope.min_sim)
+    if scope.name == "document":
+        return doc
+    return hybrid_merge(glob, context_bonus(*context(glob), scope.doc_bonus, scope.near_bonus),
+                        doc, context_bonus(*context(doc), scope.doc_bonus, scope.near_bonus), scope.k)

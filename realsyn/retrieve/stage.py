@@ -38,11 +38,10 @@ from realsyn.extract import stage as extract
 from realsyn.retrieve import uses
 from realsyn.retrieve.search import (
     ClusterIndex,
-    context_bonus,
+    Scope,
+    apply_scope,
     document_topk,
-    drop_below,
     exact_topk,
-    hybrid_merge,
     recall_at_k,
     similarity_spread,
 )
@@ -222,10 +221,6 @@ def _document_hits(task: _Task, index: ClusterIndex, sentences: pa.Table, q: np.
     return TopK(np.concatenate([h.idx for h in out]), np.concatenate([h.sims for h in out]))
 
 
-def _bonus(hits: TopK, images: pa.Table, sentences: pa.Table, rc: RetrieveConfig) -> np.ndarray:
-    return context_bonus(*_context(hits.idx, images, sentences), rc.doc_bonus, rc.near_bonus)
-
-
 def _pairs_table(images: pa.Table, hits: TopK, same: np.ndarray, cluster: np.ndarray, sentences: pa.Table) -> pa.Table:
     valid = hits.idx >= 0  # valid entries are a prefix of each row
     n_texts = valid.sum(axis=1)
@@ -253,13 +248,10 @@ def _process(task: _Task) -> int:
     images = pa.concat_tables([t for t, _ in loaded])
     q = np.concatenate([e for _, e in loaded]) if images.num_rows else np.zeros((0, index.vectors.shape[1]), np.float32)
     sizes = [t.num_rows for t, _ in loaded]
-    hits, cluster = index.search(q, rc.k, rc.nprobe, task.threads)
-    hits = drop_below(hits, rc.min_sim)
-    if rc.scope != "global":  # min_sim first, so weak texts of one list never crowd out the other's
-        doc = drop_below(_document_hits(task, index, sentences, q, images, sizes), rc.min_sim)
-        if rc.scope == "hybrid":
-            doc = hybrid_merge(hits, _bonus(hits, images, sentences, rc), doc, _bonus(doc, images, sentences, rc), rc.k)
-        hits = doc
+    glob, cluster = index.search(q, rc.k, rc.nprobe, task.threads)
+    doc = _document_hits(task, index, sentences, q, images, sizes) if rc.scope != "global" else None
+    scope = Scope(rc.scope, rc.k, rc.min_sim, rc.doc_bonus, rc.near_bonus)
+    hits = apply_scope(glob, doc, scope, lambda h: _context(h.idx, images, sentences))
     same = _context(hits.idx, images, sentences)[0]
     lo = 0
     for i, size in zip(task.parts, sizes):
