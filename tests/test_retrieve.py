@@ -318,3 +318,28 @@ def test_apply_scope_is_the_whole_policy():
     assert apply_scope(glob, doc, Scope("document", 3), context).idx.tolist() == [[20, 21, -1]]
     merged = apply_scope(glob, doc, Scope("hybrid", 3, None, doc_bonus=0.0, near_bonus=0.6), context)
     assert merged.idx.tolist() == [[20, 21, 10]] and merged.sims.tolist()[0] == pytest.approx([0.4, 0.3, 0.9])
+
+
+def test_hierarchy_searches_coarse_to_fine(data):
+    """Two-level k-means: with every cell probed the search is the flat scan exactly; with a few
+    cells its recall of the nearest centroid is measured, not assumed."""
+    from realsyn.centroids import Hierarchy, centroid_recall, nearest_centroids
+
+    s, q, _ = data
+    h = Hierarchy.train(s, 100, seed=0)
+    assert len(h.coarse) == 10 and abs(len(h.fine) - 100) <= 10 and h.offsets[-1] == len(h.fine)
+    full = h.nearest(q, 3, probe=len(h.coarse))
+    flat = nearest_centroids(q, h.fine, 3)
+    assert (full.idx == flat.idx).all()
+    assert 0.5 < centroid_recall(q, h, 2) <= 1.0
+    assert (Hierarchy.train(s, 100, seed=0).fine == h.fine).all()  # seeded
+
+
+def test_stage_with_the_hierarchical_index(tmp_path):
+    ctx = _fake_workspace(tmp_path, **{"retrieve.index": "hierarchical", "retrieve.sentences_per_cluster": 20,
+                                       "retrieve.scope": "global", "retrieve.max_uses": 0})
+    counts = _run(ctx)
+    out = tmp_path / retrieve.NAME
+    assert (out / "coarse.npy").exists() and counts["clusters"] == len(np.load(out / "centroids.npy"))
+    assert 0.5 < counts["centroid_recall"] <= 1.0 and 0.3 < counts["recall_at_k"] <= 1.0
+    assert counts["images"]["kept"] == counts["images"]["read"] > 0

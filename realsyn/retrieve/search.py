@@ -13,54 +13,22 @@ Embeddings are expected L2-normalised: inner product = cosine.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import faiss
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from realsyn.centroids import TopK, empty_topk, f32, nearest_centroids, sort_by_group, top_cols
-from realsyn.runtime.executor import cpu_count
-
-Bonus = Callable[[np.ndarray, int, int], np.ndarray]  # (query rows, a, b) -> scores added to base[a:b]
-
-
-def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.ndarray,
-                 offsets: np.ndarray, k: int, threads: int = 0, bonus: Bonus | None = None) -> TopK:
-    """For each pair j, the top-k rows of `base[offsets[g]:offsets[g + 1]]` (g = groups[j])
-    for the query `q[rows[j]]`; indices are rows of `base`. Pairs are grouped so each group
-    costs one dense product; groups run on `threads` threads (BLAS single-threaded inside).
-    With `bonus`, rows are ranked by similarity + bonus and the returned sims include it."""
-    out = empty_topk(len(rows), k)
-    order = np.argsort(groups, kind="stable")
-    g = groups[order]
-    cut = np.flatnonzero(g[1:] != g[:-1]) + 1
-    blocks = [(s, e) for s, e in zip(np.r_[0, cut], np.r_[cut, len(g)]) if e > s
-              and offsets[g[s] + 1] > offsets[g[s]]]
-
-    def work(part: list[tuple[int, int]]) -> None:
-        for s, e in part:
-            a, b = offsets[g[s]], offsets[g[s] + 1]
-            scores = f32(q[rows[order[s:e]]]) @ f32(base[a:b]).T
-            if bonus is not None:
-                scores += bonus(rows[order[s:e]], a, b)
-            cols, vals = top_cols(scores, k)
-            dest = order[s:e]
-            out.idx[dest, :cols.shape[1]] = cols + a
-            out.sims[dest, :cols.shape[1]] = vals
-
-    threads = max(1, min(threads or cpu_count(), len(blocks)))
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, [blocks[i::threads] for i in range(threads)]))
-    return out
-
-
-def merge_topk(idx: np.ndarray, sims: np.ndarray, k: int) -> TopK:
-    """The k best of each row of candidate lists (m x w), by similarity, best first."""
-    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return TopK(np.take_along_axis(idx, best, axis=1), np.take_along_axis(sims, best, axis=1))
+from realsyn.centroids import (
+    Hierarchy,
+    TopK,
+    empty_topk,
+    f32,
+    grouped_topk,
+    merge_topk,
+    nearest_centroids,
+    sort_by_group,
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +40,14 @@ class ClusterIndex:
     vectors: np.ndarray  # (n, d) float32, sorted by cluster
     offsets: np.ndarray  # (C + 1,) int64
     order: np.ndarray  # (n,) int64
+    hierarchy: Hierarchy | None = None  # two-level centroid search (its `fine` are the centroids)
+    probe: int = 4  # cells searched per query with a hierarchy
+
+    def nearest(self, q: np.ndarray, k: int, threads: int = 0) -> TopK:
+        """The `k` nearest centroids of every query: a flat scan, or coarse to fine."""
+        if self.hierarchy is not None:
+            return self.hierarchy.nearest(q, k, self.probe, threads)
+        return nearest_centroids(q, self.centroids, k, threads)
 
     @classmethod
     def build(cls, x: np.ndarray, centroids: np.ndarray, threads: int = 0) -> ClusterIndex:
@@ -84,7 +60,7 @@ class ClusterIndex:
         """Hierarchical top-k of every query: (hits as the caller's rows, nearest cluster)."""
         if len(self.centroids) == 0:
             return empty_topk(len(q), k), np.full(len(q), -1, np.int32)
-        probes = nearest_centroids(q, self.centroids, nprobe, threads).idx
+        probes = self.nearest(q, min(nprobe, len(self.centroids)), threads).idx
         m, p = probes.shape
         hits = grouped_topk(q, np.repeat(np.arange(m), p), probes.ravel(), self.vectors, self.offsets, k, threads)
         idx, sims = (a.reshape(m, p * k) for a in hits)

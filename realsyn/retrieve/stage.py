@@ -31,7 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.centroids import TopK, auto_clusters, nearest_centroids, sort_by_group, train_kmeans
+from realsyn.centroids import (
+    Hierarchy,
+    TopK,
+    auto_clusters,
+    centroid_recall,
+    sort_by_group,
+    train_kmeans,
+    use_hierarchy,
+)
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
@@ -139,10 +147,16 @@ def _build_index(ctx: Context, out: Path, n_parts: int, threads: int) -> None:
     clusters = min(n, rc.clusters or auto_clusters(n, rc.sentences_per_cluster))
     started = time.time()
     if not (out / "centroids.npy").exists():
-        cent = train_kmeans(x, clusters, niter=rc.niter, max_train=rc.max_train, seed=seed) if n else np.zeros((0, d), np.float32)
+        if n and use_hierarchy(rc.index, clusters):  # coarse cells first; centroids.npy last marks it done
+            h = Hierarchy.train(_sample(x, clusters, rc.max_train, seed), clusters, niter=rc.niter, seed=seed)
+            _save(h.coarse, out / "coarse.npy")
+            _save(h.offsets, out / "cells.npy")
+            cent = h.fine
+        else:
+            cent = train_kmeans(x, clusters, niter=rc.niter, max_train=rc.max_train, seed=seed) if n else np.zeros((0, d), np.float32)
         _save(cent, out / "centroids.npy")
     cent = np.load(out / "centroids.npy", allow_pickle=False)
-    labels = nearest_centroids(x, cent, 1, threads).idx[:, 0] if n else np.zeros(0, np.int64)
+    labels = _centroid_index(out, cent, rc).nearest(x, 1, threads).idx[:, 0] if n else np.zeros(0, np.int64)
     order, offsets = sort_by_group(labels, len(cent))
     _save_sorted(x, order, out / "vectors.npy")
     rank = np.empty_like(order)
@@ -169,9 +183,28 @@ def _spread(ctx: Context, x: np.ndarray, n_parts: int, sample: int = 2048) -> fl
     return similarity_spread(q, texts)
 
 
-def _open_index(out: Path) -> tuple[ClusterIndex, pa.Table]:
-    index = ClusterIndex(np.load(out / "centroids.npy", allow_pickle=False), _load(out / "vectors.npy"),
-                         np.load(out / "offsets.npy", allow_pickle=False), _load(out / "order.npy"))
+def _sample(x: np.ndarray, clusters: int, max_train: int, seed: int) -> np.ndarray:
+    """A seeded sample of the pool for the two-level k-means: at most `max_train` rows and 256
+    per cluster (faiss's guideline), in pool order."""
+    size = min(len(x), max_train, 256 * clusters)
+    return x if size == len(x) else x[np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))]
+
+
+def _centroid_index(out: Path, centroids: np.ndarray, rc: RetrieveConfig) -> ClusterIndex:
+    """The centroid search of the index in `out` (no sentences yet): flat, or two-level when
+    `coarse.npy` exists."""
+    hierarchy = None
+    if (out / "coarse.npy").exists():
+        hierarchy = Hierarchy(np.load(out / "coarse.npy", allow_pickle=False), centroids,
+                              np.load(out / "cells.npy", allow_pickle=False))
+    return ClusterIndex(centroids, np.zeros((0, centroids.shape[1]), np.float32), np.zeros(1, np.int64),
+                        np.zeros(0, np.int64), hierarchy, rc.coarse_probe)
+
+
+def _open_index(out: Path, rc: RetrieveConfig) -> tuple[ClusterIndex, pa.Table]:
+    base = _centroid_index(out, np.load(out / "centroids.npy", allow_pickle=False), rc)
+    index = replace(base, vectors=_load(out / "vectors.npy"), offsets=np.load(out / "offsets.npy", allow_pickle=False),
+                    order=_load(out / "order.npy"))
     return index, pa.ipc.open_file(pa.memory_map(str(out / "sentences.arrow"))).read_all()
 
 
@@ -243,7 +276,7 @@ def _pairs_table(images: pa.Table, hits: TopK, same: np.ndarray, cluster: np.nda
 def _process(task: _Task) -> int:
     """Search the images of some consecutive parts and write their pairs (runs in a worker)."""
     rc = task.cfg
-    index, sentences = _open_index(task.work / NAME)
+    index, sentences = _open_index(task.work / NAME, rc)
     loaded = [_part_images(task.work, i, s) for i, s in zip(task.parts, task.starts)]
     images = pa.concat_tables([t for t, _ in loaded])
     q = np.concatenate([e for _, e in loaded]) if images.num_rows else np.zeros((0, index.vectors.shape[1]), np.float32)
@@ -311,7 +344,10 @@ def _recall(work: Path, index: ClusterIndex, starts: np.ndarray, cfg: RetrieveCo
                         for p in np.unique(part)])
     approx = index.search(q, cfg.k, cfg.nprobe, threads)[0].idx
     exact = exact_topk(q, index.vectors, cfg.k).idx
-    return {"recall_at_k": round(recall_at_k(approx, np.where(exact >= 0, index.order[exact], -1)), 4), "recall_images": size}
+    out = {"recall_at_k": round(recall_at_k(approx, np.where(exact >= 0, index.order[exact], -1)), 4), "recall_images": size}
+    if index.hierarchy is not None:  # the coarse-to-fine centroid step alone, against the flat scan
+        out["centroid_recall"] = round(centroid_recall(q, index.hierarchy, index.probe, threads), 4)
+    return out
 
 
 def _cap_uses(ctx: Context, out: Path) -> None:
@@ -348,7 +384,7 @@ def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     ws, cfg = ctx.ws, ctx.cfg
     starts, spread = plan.info
     _cap_uses(ctx, out)
-    index, _ = _open_index(out)
+    index, _ = _open_index(out, cfg.retrieve)
     stage = ws.stage(NAME)
     counts = {**_summary(RETRIEVE_PAIRS.parts(ws.root)), "sentences": stage["sentences"], "clusters": stage["clusters"],
               "sim_spread": spread, **{k: v for k, v in stage.items() if k.startswith("max_uses_") and k != "max_uses_done"},
