@@ -146,6 +146,8 @@ class BalanceConfig(_Section):
     pairs_per_cluster: int = Field(168, ge=1, le=100_000_000, description="With clusters = 0: average pairs per cluster (paper: 1M clusters for 168.3M pairs).")
     max_train: int = Field(262_144, ge=1, le=100_000_000, description="k-means is fitted on a seeded random sample of at most this many images (and at most 256 per cluster; at least one per cluster).")
     niter: int = Field(20, ge=1, description="k-means iterations (faiss default: 20).")
+    index: Literal["auto", "flat", "hierarchical"] = Field("auto", description="How images are assigned to their cluster: as retrieve.index (`auto`: the two-level k-means from 4096 clusters; the paper's 1M image clusters need it).")
+    coarse_probe: int = Field(4, ge=1, le=65_536, description="With the hierarchical index: coarse cells searched per image.")
     method: Literal["cap", "metaclip"] = Field("cap", description="`cap`: keep min(N, size) pairs of each cluster, a random subset (the paper); `metaclip`: keep each pair with probability min(1, N / size), MetaCLIP's rule with the cluster as the only key (same expected size).")
     scales: dict[str, int] = Field(default_factory=lambda: {"15M": 20, "30M": 35, "100M": 180}, description="Named scales and their per-cluster N (paper: 20 -> 15M, 35 -> 30M, 180 -> 100M). Smaller scales are subsets of larger ones (one seeded random order per cluster, each scale takes a prefix).")
 

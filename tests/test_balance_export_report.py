@@ -426,3 +426,17 @@ def test_report_renders_in_headless_chromium(done, work, tmp_path):
                    check=True, timeout=120, capture_output=True)
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert pixels.shape[0] >= 1000 and pixels.std() > 10 and len(np.unique(pixels)) > 50
+
+
+def test_balance_with_the_hierarchical_index(work, tmp_path):
+    """Images clustered by two-level k-means (the paper's 1M clusters need it): every pair gets a
+    cluster of the fine level, and a re-run gives the same draw."""
+    root = _copy(work, tmp_path)
+    ctx = context(root, **{"balance.index": "hierarchical", "balance.clusters": 9, "balance.band": "off"})
+    counts = balance.run(ctx, balance.stage_key(ctx))
+    pairs = pq.read_table(root / "balance" / "pairs.parquet").to_pylist()
+    clusters = {p["cluster"] for p in pairs if p["cluster"] is not None and p["cluster"] >= 0}
+    assert 1 < counts["clusters"] <= 12 and clusters <= set(range(counts["clusters"])) and len(clusters) > 1
+    first = {p.name: p.read_bytes() for p in (root / "balance").glob("*.parquet")}
+    balance.run(ctx, "another-key")
+    assert {p.name: p.read_bytes() for p in (root / "balance").glob("*.parquet")} == first
