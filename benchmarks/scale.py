@@ -1,0 +1,196 @@
+"""Global steps at scale, on synthetic workspaces (issue 16's cost curve).
+
+`make-workspace` writes a workspace that `realsyn retrieve --out DIR` runs on as on a real one:
+extract tables (documents of 48 sentences and their share of the images, the images and
+sentences of a document in one part) and embed tables (embeddings streamed from `chunks()` of the standard synthetic
+embeddings in ../shared/bench/embeddings.py, or `--embeddings DIR` with sentences.npy and
+images.npy, memory-mapped), every item kept, and a manifest marking extract and embed finished.
+Memory: one part at a time.
+
+`--json [--sizes 1M,4M]` makes a workspace per size (images = N / 8; clusters ~ N / 400 by the
+config's default, as in the paper), runs `realsyn retrieve` on it in its own process and reports
+per size: seconds of the index build and of the search, seconds per sentence indexed and per image
+searched, recall@3 against exact search (the manifest's), the centroid step's recall where the
+two-level index is used, and the peak RSS of the process tree (driver and workers).
+
+    python benchmarks/scale.py make-workspace DIR --sentences N --images M [--dim D] [--embeddings DIR]
+    python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from realsyn.config import load_config, to_yaml
+from realsyn.runtime.context import Context
+from realsyn.runtime.launch import make_executor
+from realsyn.runtime.workspace import Workspace
+from realsyn.tables import EMBED, EMBED_DEDUP, EXTRACT, IMAGE_SCHEMA, SENTENCE_SCHEMA, embedding_table
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
+SENTENCES_PER_DOC, DOCS_PER_PART = 48, 1000  # images spread over the same documents (8 sentences per image)
+_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # the largest process of the tree, KiB
+
+
+def _blocks(kind: str, n: int, dim: int, embeddings: Path | None) -> Iterator[np.ndarray]:
+    """The pool's rows in order, block by block (one block in memory)."""
+    if embeddings is not None:
+        x = np.load(embeddings / f"{kind}.npy", mmap_mode="r")[:n]
+        for a in range(0, len(x), 200_000):
+            yield np.asarray(x[a:a + 200_000], np.float32)
+        return
+    sys.path.insert(0, str(SHARED))
+    from embeddings import chunks  # noqa: PLC0415  (shared benchmark data, beside the repository)
+
+    for _, block in chunks(kind, n, dim=dim):
+        yield block
+
+
+class _Rows:
+    """Takes the next `count` rows of a block stream."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self.blocks, self.buf = blocks, np.zeros((0, 0), np.float32)
+
+    def take(self, count: int) -> np.ndarray:
+        parts, need = [], count
+        while need > 0:
+            if not len(self.buf):
+                self.buf = next(self.blocks)
+            parts.append(self.buf[:need])
+            need -= len(parts[-1])
+            self.buf = self.buf[len(parts[-1]):]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _extract_table(kind: str, ids: list[str], docs: list[str], positions: list[int]) -> pa.Table:
+    n = len(ids)
+    cols: dict[str, pa.Array] = {
+        ("image_id" if kind == "images" else "sentence_id"): pa.array(ids, pa.string()),
+        "doc_id": pa.array(docs, pa.string()), "position": pa.array(positions, pa.int32()),
+        "status": pa.array(["kept"] * n, pa.string()), "source": pa.array(["synthetic"] * n, pa.string())}
+    if kind == "sentences":
+        cols["text"] = pa.array([f"synthetic sentence {i}" for i in ids], pa.string())
+        cols["kind"] = pa.array(["sentence"] * n, pa.string())
+    schema = IMAGE_SCHEMA if kind == "images" else SENTENCE_SCHEMA
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
+
+
+def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings: Path | None = None) -> dict:
+    """Write the synthetic workspace; returns its counts."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None)
+    (root / "config.yaml").write_text(to_yaml(cfg))
+    ws = Workspace(root)
+    ctx = Context(ws, cfg, make_executor("local", 1), [])
+    from realsyn.embed import stage as embed
+    from realsyn.extract import stage as extract
+
+    ws.begin(extract.NAME, extract.STAGE.key(ctx), inputs=[])
+    ws.begin(embed.NAME, embed.STAGE.key(ctx))  # before its parts are written: begin clears a new stage's folder
+    docs = max(1, -(-sentences // SENTENCES_PER_DOC))
+    rows = {"sentences": _Rows(_blocks("sentences", sentences, dim, embeddings)),
+            "images": _Rows(_blocks("images", images, dim, embeddings))}
+    done = {"sentences": 0, "images": 0}
+    all_ids: dict[str, list[str]] = {"sentences": [], "images": []}
+    part = 0
+    for first in range(0, docs, DOCS_PER_PART):
+        span = range(first, min(docs, first + DOCS_PER_PART))
+        for kind, total in (("sentences", sentences), ("images", images)):
+            # spread the kind's rows evenly over the documents
+            lo, hi = done[kind], min(total, round(total * span.stop / docs))
+            n = hi - lo
+            ids = [f"{(1 if kind == 'sentences' else 2) << 60 | i:032x}" for i in range(lo, hi)]
+            doc_of = [first + (j * len(span)) // max(1, n) for j in range(n)]
+            positions = [2 * j + (kind == "images") for j in range(n)]
+            EXTRACT[kind].write(root, _extract_table(kind, ids, [f"{d:016x}" for d in doc_of], positions), part)
+            EMBED[kind].write(root, embedding_table(ids, rows[kind].take(n), EMBED[kind].id or "", cfg.embed.dtype), part)
+            all_ids[kind] += ids
+            done[kind] = hi
+        part += 1
+    ws.note(extract.NAME, parts=part, documents=docs, documents_skipped={})
+    counts = {"parts": part, "documents": docs, "documents_skipped": {},
+              "images": {"kept": images, "read": images, "reasons": {}, "rejected": 0},
+              "sentences": {"kept": sentences, "read": sentences, "reasons": {}, "rejected": 0}}
+    ws.finish(extract.NAME, counts, 0.0)
+    for kind, ids in all_ids.items():
+        EMBED_DEDUP[kind].write(root, pa.table({EMBED_DEDUP[kind].id: pa.array(ids, pa.string()),
+                                                "status": pa.array(["kept"] * len(ids), pa.string()),
+                                                "reason": pa.nulls(len(ids), pa.string()),
+                                                "dup_of": pa.nulls(len(ids), pa.string())}))
+    ws.finish(embed.NAME, {k: counts[k] for k in ("images", "sentences")}, 0.0)
+    return counts
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("KM")) * scale)
+
+
+def measure(sentences: int, dim: int, workers: int) -> dict:
+    """A synthetic workspace of `sentences` (images = sentences / 8), then `realsyn retrieve`
+    in its own process: the stage's figures and the peak RSS of the process tree."""
+    images = max(1, sentences // 8)
+    with tempfile.TemporaryDirectory(prefix="realsyn-scale-") as tmp:
+        root = Path(tmp) / "work"
+        started = time.time()
+        make_workspace(root, sentences, images, dim)
+        made = time.time() - started
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        started = time.time()
+        done = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "realsyn.cli", "retrieve", "--out", str(root),
+                               "--quiet", "--workers", str(workers), "--json"], check=True, env=env, capture_output=True, text=True)
+        wall = time.time() - started
+        peak = int(done.stdout.strip().splitlines()[-1])
+        stage = json.loads((root / "manifest.json").read_text())["stages"]["retrieve"]
+    counts = stage["counts"]
+    build = stage.get("index_seconds", 0.0)
+    search = stage["seconds"] - build
+    return {"sentences": sentences, "images": images, "dim": dim, "clusters": counts["clusters"],
+            "workspace_seconds": round(made, 1), "retrieve_wall_seconds": round(wall, 1),
+            "index_seconds": round(build, 2), "search_seconds": round(search, 2),
+            "index_us_per_sentence": round(1e6 * build / sentences, 3),
+            "search_us_per_image": round(1e6 * search / images, 3),
+            "recall_at_k": counts.get("recall_at_k"), "centroid_recall": counts.get("centroid_recall"),
+            "peak_rss_mib": round(peak / 1024, 1)}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "make-workspace":
+        p = argparse.ArgumentParser(prog="scale.py make-workspace")
+        p.add_argument("dir", type=Path)
+        p.add_argument("--sentences", type=_size, required=True)
+        p.add_argument("--images", type=_size, required=True)
+        p.add_argument("--dim", type=int, default=384)
+        p.add_argument("--embeddings", type=Path, default=None, help="DIR with sentences.npy and images.npy")
+        a = p.parse_args(sys.argv[2:])
+        print(json.dumps(make_workspace(a.dir, a.sentences, a.images, a.dim, a.embeddings)))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="1M,4M")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    runs = [measure(_size(s), a.dim, a.workers) for s in a.sizes.split(",")]
+    first, last = runs[0], runs[-1]
+    out = {"runs": runs, "ratios_last_to_first": {
+        k: round(last[k] / first[k], 3) for k in ("peak_rss_mib", "index_us_per_sentence", "search_us_per_image") if first[k]}}
+    print(json.dumps(out, indent=None if a.json else 2))
+
+
+if __name__ == "__main__":
+    main()
