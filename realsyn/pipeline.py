@@ -31,10 +31,11 @@ __all__ = ["NAMES", "PipelineError", "check_upstream", "keys", "reads", "run", "
 
 
 def reads(name: str) -> list[str]:
-    """The workspace folders stage `name` reads: the inputs' copies for extract, else every
-    earlier stage (a URL workspace downloads them before the stage runs)."""
-    pos = NAMES.index(name)
-    return NAMES[:pos] if pos else [INPUTS]
+    """The workspace folders stage `name` reads, from its declaration: the inputs' copies for the
+    first stage, else the folders of the tables it declares (a URL workspace downloads them
+    before the stage runs, and each worker on another node before its first task)."""
+    stage = STAGES[NAMES.index(name)]
+    return [INPUTS] if stage.upstream is None else sorted({t.stage for t in stage.reads})
 
 
 def keys(ctx: Context) -> dict[str, str]:

@@ -33,7 +33,16 @@ from realsyn.report.html import esc, figure, note, page, png_img, section, table
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.stage import Plan, Stage
 from realsyn.runtime.workspace import Workspace, atomic_path
-from realsyn.tables import BALANCE_CLUSTERS, BALANCE_PAIRS, EXPORT_SHARDS, EXTRACT, RETRIEVE_PAIRS, SYNTH
+from realsyn.tables import (
+    BALANCE_CLUSTERS,
+    BALANCE_PAIRS,
+    BALANCE_SCALES,
+    EMBED,
+    EXPORT_SHARDS,
+    EXTRACT,
+    RETRIEVE_PAIRS,
+    SYNTH,
+)
 
 NAME = "report"
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff")
@@ -299,5 +308,6 @@ def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
 
 STAGE = Stage(NAME, export.STAGE, _finish, config=("report", "models.joint"),
               files=lambda cfg: spec_files(cfg.models.joint),
-              reads=(*EXTRACT.values(), RETRIEVE_PAIRS, SYNTH, BALANCE_PAIRS, BALANCE_CLUSTERS, EXPORT_SHARDS))
+              reads=(*EXTRACT.values(), EMBED["images"], RETRIEVE_PAIRS, SYNTH, BALANCE_PAIRS, BALANCE_CLUSTERS,
+                     BALANCE_SCALES, EXPORT_SHARDS))
 stage_key, run = STAGE.key, STAGE.run
