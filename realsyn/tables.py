@@ -110,9 +110,11 @@ def embedding_table(ids: list[str], emb: np.ndarray, id_col: str, dtype: str) ->
                      "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
 
 
-def read_embeddings(paths: list[Path], id_col: str) -> tuple[list[str], np.ndarray]:
-    """Ids and float32 embeddings of some embed parts, concatenated in order."""
+def read_embeddings(paths: list[Path], id_col: str, dtype: type | None = np.float32) -> tuple[list[str], np.ndarray]:
+    """Ids and embeddings of some embed parts, concatenated in order: float32, or with `dtype`
+    None as stored (float16 by default: half the memory, the same values once widened)."""
     t = pa.concat_tables([pq.read_table(p) for p in paths])
     col = t["embedding"].combine_chunks()
-    emb = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(t), col.type.list_size)
+    emb = col.values.to_numpy(zero_copy_only=False).reshape(len(t), col.type.list_size)
+    emb = emb if dtype is None else emb.astype(dtype)
     return t[id_col].to_pylist(), emb

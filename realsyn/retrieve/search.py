@@ -37,7 +37,7 @@ class ClusterIndex:
     and `order[r]` is the caller's row of sorted row r. `vectors` may be a read-only memmap."""
 
     centroids: np.ndarray  # (C, d) float32
-    vectors: np.ndarray  # (n, d) float32, sorted by cluster
+    vectors: np.ndarray  # (n, d) float16 or float32 (widened block by block), sorted by cluster
     offsets: np.ndarray  # (C + 1,) int64
     order: np.ndarray  # (n,) int64
     hierarchy: Hierarchy | None = None  # two-level centroid search (its `fine` are the centroids)

@@ -1,10 +1,12 @@
 """The retrieve stage: every kept image gets its k best real sentences (paper §3).
 
-Global step (in the driver), resumable: loads the kept sentence embeddings (n x d float32, plus
-~24 bytes per sentence for labels, order and rank), fits spherical k-means on a sample, assigns
+Global step (in the driver), resumable: loads the kept sentence embeddings (n x d in the embed
+dtype, float16 by default, plus ~24 bytes per sentence for labels, order and rank), fits
+spherical k-means on a sample, assigns
 every sentence to its centroid and writes the index under `retrieve/`, each file atomically:
 `centroids.npy` (written first: a killed run never redoes k-means), `vectors.npy` (embeddings
-sorted by cluster, float32, written through a memmap), `offsets.npy`, `order.npy` / `rank.npy`
+sorted by cluster, in the embed dtype, written through a memmap), `offsets.npy`, `order.npy` /
+`rank.npy`
 (sorted row <-> pool row), `parts.npy` (pool rows of each extract part), `images_kept.npy` and
 `sentences.arrow` (sentence_id, doc_id, position, text in pool order). The pool is the kept sentences in
 part order.
@@ -91,7 +93,7 @@ def _save_sorted(x: np.ndarray, order: np.ndarray, path: Path, chunk: int = 1 <<
     if len(x) == 0:
         return _save(x, path)
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=x.shape)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=x.dtype, shape=x.shape)
         with open(tmp, "r+b") as f:  # reserve the blocks now: a full disk is ENOSPC here, not SIGBUS on a page write
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         for a in range(0, len(x), chunk):
@@ -114,14 +116,15 @@ def _kept_mask(dedup: Path) -> np.ndarray:
 
 
 def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
-    """Kept sentence embeddings in part order (n x d float32, filled in place); writes
-    `sentences.arrow` and `parts.npy`."""
+    """Kept sentence embeddings in part order (n x d in the embed dtype, float16 by default,
+    filled in place: searches widen them to float32 block by block, which gives the same values);
+    writes `sentences.arrow` and `parts.npy`."""
     kept = _kept_mask(EMBED_DEDUP["sentences"].path(work))
     x, rows, row = np.zeros((0, 0), np.float32), [0], 0
     schema = pa.schema([(c, pa.int32() if c == "position" else pa.string()) for c in _TEXT_COLUMNS])
     with atomic_path(out / "sentences.arrow") as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
         for i in range(n_parts):
-            ids, emb = read_embeddings([EMBED["sentences"].path(work, i)], "sentence_id")
+            ids, emb = read_embeddings([EMBED["sentences"].path(work, i)], "sentence_id", None)
             mask = kept[row:row + len(ids)]
             row += len(ids)
             texts = EXTRACT_SENTENCES.kept(work, i, _TEXT_COLUMNS).filter(pa.array(mask))
@@ -129,7 +132,7 @@ def _load_pool(work: Path, out: Path, n_parts: int) -> np.ndarray:
                 raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
             writer.write_table(texts.cast(schema))
             if x.shape[1] != emb.shape[1]:
-                x = np.empty((int(kept.sum()), emb.shape[1]), np.float32)
+                x = np.empty((int(kept.sum()), emb.shape[1]), emb.dtype)
             x[rows[-1]:rows[-1] + int(mask.sum())] = emb[mask]
             rows.append(rows[-1] + int(mask.sum()))
     _save(np.asarray(rows, np.int64), out / "parts.npy")
