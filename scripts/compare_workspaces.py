@@ -4,8 +4,10 @@ outputs byte-identical for the same input, config and seed:
 
     python scripts/compare_workspaces.py WORK_A WORK_B
 
-Exit status 0 when equal; 1 with the differing files listed. Run-specific files (manifest,
-config, timings in *_stats.json, the HTML report) are skipped.
+Exit status 0 when equal; 1 with the differing files listed. Only the tables and shards are
+compared (parquet and tar files): run-specific files (manifest, config, timings in *_stats.json,
+the HTML report) and a stage's internal files (retrieve's .npy index, whose storage dtype may
+change without changing a result) are not.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-SKIP_SUFFIXES = {".json", ".yaml", ".html", ".lock"}
+COMPARED = {".parquet", ".tar"}
 
 
 def _files(root: Path) -> dict[str, Path]:
-    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix not in SKIP_SUFFIXES and not p.name.startswith(".") and "_cache-" not in p.name}
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in COMPARED}
 
 
 def _tar(path: Path) -> list[tuple[str, bytes]]:
@@ -36,10 +37,8 @@ def differences(a: Path, b: Path) -> list[str]:
         pa_, pb_ = fa[rel], fb[rel]
         if rel.endswith(".parquet"):
             same = pq.read_table(pa_).equals(pq.read_table(pb_))
-        elif rel.endswith(".tar"):
-            same = _tar(pa_) == _tar(pb_)
         else:
-            same = pa_.read_bytes() == pb_.read_bytes()
+            same = _tar(pa_) == _tar(pb_)
         if not same:
             out.append(f"differs: {rel}")
     return out
