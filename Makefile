@@ -26,7 +26,7 @@ demo: install
 
 # lint first (seconds): ruff with the rule set in pyproject.toml, mypy on the package
 lint: install
-	$(BIN)/ruff check realsyn tests benchmarks
+	$(BIN)/ruff check realsyn tests benchmarks scripts
 	$(BIN)/mypy realsyn
 
 test: lint
