@@ -108,13 +108,14 @@ class Stage:
 
 
 def files_digest(paths: tuple[Path, ...]) -> str:
-    """A short digest of files and folders by content (a file over 64 MiB, such as model weights,
-    by its size and its first and last MiB); a missing path counts as missing."""
+    """A short digest of files and folders by content and name (a file over 64 MiB, such as model
+    weights, by its size and its first and last MiB); a missing path counts as missing. Where the
+    path itself matters it is in the config, which keys the stage too."""
     h = hashlib.sha256()
     for root in paths:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            h.update(f"{f}\0".encode())
+        for f in files:  # named relative to the path given, so a moved install keeps its keys
+            h.update(f"{f.relative_to(root) if root.is_dir() else f.name}\0".encode())
             if not f.is_file():
                 h.update(b"missing\n")
                 continue
