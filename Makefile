@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/mypy realsyn
 
 test: lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

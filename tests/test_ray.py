@@ -124,8 +124,8 @@ def test_make_executor_ray_and_resources():
     from realsyn.embed import stage
 
     assert stage_of(stage._process) == "embed"
-    assert describe(stage._Task("images", 3, Path("/w/extract"), Path("/w/embed"), "bridge", "cpu", 8, "float16", 1)) \
-        == "_Task(kind='images', index=3, extract_dir=extract, out=embed, model='bridge', device='cpu', batch_size=8, dtype='float16', threads=1)"
+    assert describe(stage._Task("images", 3, Path("/w"), Path("/w/embed"), "bridge", "cpu", 8, "float16", 1)) \
+        == "_Task(kind='images', index=3, work=w, out=embed, model='bridge', device='cpu', batch_size=8, dtype='float16', threads=1)"
 
 
 @pytest.mark.slow
