@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -99,8 +100,10 @@ class RetrieveConfig(_Section):
     nprobe: int = Field(1, ge=1, le=65_536, description="Clusters searched per image, best centroids first (paper: 1). More clusters: higher recall, proportionally slower inner step.")
     max_train: int = Field(262_144, ge=1, le=100_000_000, description="k-means is fitted on a seeded random sample of at most this many sentences (and at most 256 per cluster, faiss's guideline).")
     niter: int = Field(20, ge=1, le=10_000, description="k-means iterations (faiss default: 20).")
-    index: Literal["auto", "flat", "hierarchical"] = Field("auto", description="Nearest-centroid search when assigning sentences and images: `flat` compares a row with every centroid (cost grows with the clusters, so the build is quadratic in the pool); `hierarchical` trains two-level k-means (about sqrt(C) coarse cells, fine clusters inside each) and searches coarse to fine (cost ~sqrt(C)); `auto` = flat for now (measured at d = 384, 2M sentences, 5k clusters: the two-level index with coarse_probe 4 finds the nearest centroid for 57% of images, recall@3 0.44 against 0.96 flat; at d = 128 and 4k clusters, 0.96 and 4x faster). With `hierarchical` the manifest records the centroid step's recall against the flat scan (`centroid_recall`): check it, and raise coarse_probe.")
-    coarse_probe: int = Field(4, ge=1, le=65_536, description="With the hierarchical index: coarse cells searched per row (4: centroid recall 0.96 at 4096 clusters and d = 128 on the standard synthetic embeddings, but 0.57 at 5k clusters and d = 384; more is slower and closer to the flat scan).")
+    index: Literal["auto", "flat", "hierarchical"] = Field("auto", description="How the sentence clusters are fitted: `flat` one spherical k-means on the sample (cost sample x clusters x niter); `hierarchical` k-means in two levels (about sqrt(C) coarse cells, fine clusters fitted inside each, then 5 Lloyd iterations over the whole sample; cells keep nearby clusters in one block of the index); `auto` = flat up to 1024 clusters, hierarchical beyond. On the standard synthetic embeddings (1M sentences, 2.5k clusters, d = 384) hierarchical gives recall@3 0.98 against flat's 0.95, in half the time. Nearest-centroid search is a BLAS scan up to 8192 clusters and an HNSW graph over the centroids beyond (see `hnsw_ef`).")
+    hnsw_ef: int = Field(64, ge=1, le=65_536, description="Past 8192 clusters, images and sentences find their nearest clusters through an HNSW graph (faiss) instead of comparing with every centroid; this is its search breadth (efSearch). The manifest's `centroid_recall` is the share of sampled images whose nearest cluster it finds (1.0 = the flat scan's); raise it if that is low.")
+    sentences_per_task: int = Field(200_000, ge=1, le=100_000_000, description="Sentences per index task (sampling, assignment): consecutive parts batched; a task holds their vectors.")
+    block_sentences: int = Field(500_000, ge=1, le=1_000_000_000, description="Sentences per block of the sorted index (consecutive clusters; a join task reads one block once and scores every image that probes it). Memory of a sort task: about 2 x block x d x 2 bytes.")
     scope: Literal["global", "document", "hybrid"] = Field("hybrid", description="Which sentences an image may get: `hybrid` (default: the best of the whole pool and of its own document, same-document sentences ranked with `doc_bonus` and `near_bonus` added), `global` (the whole pool: the paper's setting, for reproducing it), `document` (only its own document's). Departs from the paper because a document's own text (its figure captions above all) is what describes its images; with the embedded `bridge` model global search finds no caption at all.")
     doc_bonus: float = Field(0.7, ge=0, le=100, description="With scope = hybrid: added to the cosine of same-document sentences when ranking, in units of the encoder's similarity spread (the standard deviation of image-text cosines, measured on the pool at index time: `retrieve.counts.sim_spread`), so one value suits the `bridge` (spread ~0.07: +0.05 cosine) and a real CLIP alike. The stored `sims` stay raw cosines.")
     near_bonus: float = Field(4.0, ge=0, le=1000, description="With scope = document or hybrid: a same-document sentence also gets near_bonus / (its distance from the image in document items), in spread units as doc_bonus, so text next to the image, such as its figure caption (distance 1), ranks up; 0 turns it off. 4 spreads = 0.3 cosine under the `bridge` (on the Ray Charles ZIM: 11 of 11 own captions in the top 3, against 8 of 11 at 0.2).")
@@ -146,8 +149,8 @@ class BalanceConfig(_Section):
     pairs_per_cluster: int = Field(168, ge=1, le=100_000_000, description="With clusters = 0: average pairs per cluster (paper: 1M clusters for 168.3M pairs).")
     max_train: int = Field(262_144, ge=1, le=100_000_000, description="k-means is fitted on a seeded random sample of at most this many images (and at most 256 per cluster; at least one per cluster).")
     niter: int = Field(20, ge=1, description="k-means iterations (faiss default: 20).")
-    index: Literal["auto", "flat", "hierarchical"] = Field("auto", description="How images are assigned to their cluster: as retrieve.index (`auto` = flat for now; `hierarchical`: the two-level k-means, which the paper's 1M image clusters need once its probe is tuned).")
-    coarse_probe: int = Field(4, ge=1, le=65_536, description="With the hierarchical index: coarse cells searched per image.")
+    index: Literal["auto", "flat", "hierarchical"] = Field("auto", description="How the image clusters are fitted, as retrieve.index (`auto`: flat up to 1024 clusters, two-level k-means beyond; HNSW search past 8192 clusters).")
+    hnsw_ef: int = Field(64, ge=1, le=65_536, description="Past 8192 clusters: the HNSW search breadth, as retrieve.hnsw_ef.")
     method: Literal["cap", "metaclip"] = Field("cap", description="`cap`: keep min(N, size) pairs of each cluster, a random subset (the paper); `metaclip`: keep each pair with probability min(1, N / size), MetaCLIP's rule with the cluster as the only key (same expected size).")
     scales: dict[str, int] = Field(default_factory=lambda: {"15M": 20, "30M": 35, "100M": 180}, description="Named scales and their per-cluster N (paper: 20 -> 15M, 35 -> 30M, 180 -> 100M). Smaller scales are subsets of larger ones (one seeded random order per cluster, each scale takes a prefix).")
 
@@ -364,6 +367,20 @@ def _one_line(err: ValidationError) -> str:
     return f"bad config value for '{where}': {first['msg']}{_range(tuple(first['loc']))}{more}"
 
 
+RETIRED = {  # keys of earlier versions that a workspace's config.yaml may still hold: dropped with a warning
+    "retrieve.coarse_probe": "the two-level index now searches centroids through an HNSW graph (retrieve.hnsw_ef)",
+    "balance.coarse_probe": "the two-level index now searches centroids through an HNSW graph (balance.hnsw_ef)",
+}
+
+
+def _drop_retired(data: dict[str, Any]) -> None:
+    for key, why in RETIRED.items():
+        section, _, leaf = key.partition(".")
+        if isinstance(data.get(section), dict) and leaf in data[section]:
+            del data[section][leaf]
+            logging.getLogger("realsyn").warning("config key '%s' is no longer used and is ignored: %s", key, why)
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read YAML (or defaults when `path` is None) and apply `overrides` (dotted keys)."""
     data: dict[str, Any] = {}
@@ -374,6 +391,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a YAML mapping")
+        _drop_retired(data)
     defaults = Config().model_dump()
     for key, value in (overrides or {}).items():
         node, default = data, defaults  # type: dict[str, Any], Any

@@ -224,23 +224,24 @@ def test_worker_killed_by_a_signal_is_one_line(tmp_path: Path):
 
 
 def test_full_disk_under_a_memory_mapped_write_is_enospc(tmp_path: Path):
-    """The sorted index is written through a memory map: its blocks are reserved first, so a full
-    disk is an ordinary ENOSPC error (one line in the CLI), never SIGBUS."""
+    """The index files are written with plain writes (no memory map): a full disk is an ordinary
+    OSError (ENOSPC, or numpy's check of the free space; one line in the CLI), never SIGBUS, and
+    no partial file is left."""
     import shutil
 
     if not shutil.which("unshare"):
         pytest.skip("no unshare")
     disk = tmp_path / "disk"
     disk.mkdir()
-    code = ("import numpy as np, pathlib, sys; from realsyn.retrieve.stage import _save_sorted\n"
+    code = ("import numpy as np, pathlib, sys; from realsyn.retrieve.index import save\n"
             "x = np.ones((100_000, 64), np.float32)\n"
-            "try:\n    _save_sorted(x, np.arange(len(x)), pathlib.Path(sys.argv[1]) / 'v.npy')\n"
-            "except OSError as e:\n    print('ERRNO', e.errno); sys.exit(3)\n")
+            "try:\n    save(x, pathlib.Path(sys.argv[1]) / 'v.npy')\n"
+            "except OSError as e:\n    print('FULL' if e.errno == 28 or 'free space' in str(e) else e, sorted(p.name for p in pathlib.Path(sys.argv[1]).iterdir())); sys.exit(3)\n")
     script = f"mount -t tmpfs -o size=1M tmpfs '{disk}' || exit 97; '{sys.executable}' -c \"$0\" '{disk}'"
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script, code], capture_output=True, text=True, timeout=120)
     if done.returncode == 97:
         pytest.skip("no tmpfs in a user namespace here")
-    assert done.returncode == 3 and "ERRNO 28" in done.stdout, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.returncode == 3 and "FULL []" in done.stdout, (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def _all_values(work: Path) -> list[bytes]:

@@ -217,14 +217,16 @@ def test_stage_writes_pairs_and_resumes(tmp_path):
     assert 0 < counts["top1_sim"]["p10"] <= counts["top1_sim"]["p50"] <= counts["top1_sim"]["p90"]
     assert 0.5 < counts["recall_at_k"] <= 1.0 and counts["recall_images"] == min(1000, t.num_rows)
 
-    # a run killed after k-means, with one part missing: k-means is not redone, output identical
+    # a run killed after k-means, while sorting a block, with one part missing: k-means is not
+    # redone, the missing block and part are, output identical
     out = tmp_path / retrieve.NAME
     first = {p.name: p.read_bytes() for p in (out / "pairs").glob("*.parquet")}
     centroids = (out / "centroids.npy").stat().st_mtime_ns
+    assert not (out / "assign").exists() and not (out / "join").exists() and not (out / "queries").exists()
     (out / "pairs" / part_name(1)).unlink()
-    (out / "vectors.npy").unlink()
+    (out / "blocks" / "b-00000.offsets.npy").unlink()
     manifest = json.loads(ctx.ws.manifest_path.read_text())
-    del manifest["stages"][retrieve.NAME]["clusters"]
+    del manifest["stages"][retrieve.NAME]["index_built"]
     manifest["stages"][retrieve.NAME]["status"] = "running"
     ctx.ws.manifest_path.write_text(json.dumps(manifest))
     ctx.executor = LocalExecutor(2)  # and worker processes give the same bytes
@@ -320,26 +322,35 @@ def test_apply_scope_is_the_whole_policy():
     assert merged.idx.tolist() == [[20, 21, 10]] and merged.sims.tolist()[0] == pytest.approx([0.4, 0.3, 0.9])
 
 
-def test_hierarchy_searches_coarse_to_fine(data):
-    """Two-level k-means: with every cell probed the search is the flat scan exactly; with a few
-    cells its recall of the nearest centroid is measured, not assumed."""
-    from realsyn.centroids import Hierarchy, centroid_recall, nearest_centroids
+def test_two_level_kmeans_and_the_hnsw_router(data):
+    """Two-level k-means groups clusters by cell and is seeded; the HNSW router finds the flat
+    scan's nearest centroids (its recall is measured, not assumed)."""
+    from realsyn.centroids import CentroidIndex, centroid_recall, hnsw_router, nearest_centroids
 
     s, q, _ = data
-    h = Hierarchy.train(s, 100, seed=0)
-    assert len(h.coarse) == 10 and abs(len(h.fine) - 100) <= 10 and h.offsets[-1] == len(h.fine)
-    full = h.nearest(q, 3, probe=len(h.coarse))
-    flat = nearest_centroids(q, h.fine, 3)
-    assert (full.idx == flat.idx).all()
-    assert 0.5 < centroid_recall(q, h, 2) <= 1.0
-    assert (Hierarchy.train(s, 100, seed=0).fine == h.fine).all()  # seeded
+    h = CentroidIndex.train(s, 100, mode="hierarchical", seed=0)
+    assert len(h.cells) == 11 and abs(len(h.centroids) - 100) <= 10 and h.cells[-1] == len(h.centroids)
+    assert (np.diff(h.cells) >= 0).all() and h.router is None  # a scan below 8192 clusters
+    assert (CentroidIndex.train(s, 100, mode="hierarchical", seed=0).centroids == h.centroids).all()  # seeded
+    assert centroid_recall(q, h) is None
+    routed = CentroidIndex.of(h.centroids, h.cells, ef=256, router=hnsw_router(h.centroids))
+    flat = nearest_centroids(q, h.centroids, 3)
+    assert (routed.nearest(q, 3).idx[:, 0] == flat.idx[:, 0]).mean() > 0.98
+    assert 0.98 < centroid_recall(q, routed) <= 1.0
+    assert (CentroidIndex.train(s, 20, mode="auto").cells == [0, 20]).all()  # auto: flat k-means, one cell
 
 
-def test_stage_with_the_hierarchical_index(tmp_path):
+def test_stage_with_the_hierarchical_index(tmp_path, monkeypatch):
     ctx = _fake_workspace(tmp_path, **{"retrieve.index": "hierarchical", "retrieve.sentences_per_cluster": 20,
+                                       "retrieve.block_sentences": 200, "retrieve.sentences_per_task": 300,
                                        "retrieve.scope": "global", "retrieve.max_uses": 0})
+    import realsyn.centroids
+
+    monkeypatch.setattr(realsyn.centroids, "FLAT_ROUTE_MAX", 8)  # the HNSW router at this small size
+    monkeypatch.setattr(realsyn.centroids, "FLAT_TRAIN_MAX", 8)
     counts = _run(ctx)
     out = tmp_path / retrieve.NAME
-    assert (out / "coarse.npy").exists() and counts["clusters"] == len(np.load(out / "centroids.npy"))
-    assert 0.5 < counts["centroid_recall"] <= 1.0 and 0.3 < counts["recall_at_k"] <= 1.0
+    assert (out / "router.npy").exists() and counts["clusters"] == len(np.load(out / "centroids.npy"))
+    assert len(np.load(out / "cells.npy")) > 2 and counts["blocks"] == len(list((out / "blocks").glob("*.offsets.npy"))) > 1
+    assert 0.9 < counts["centroid_recall"] <= 1.0 and 0.3 < counts["recall_at_k"] <= 1.0
     assert counts["images"]["kept"] == counts["images"]["read"] > 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.balance import sampling
-from realsyn.centroids import Hierarchy, auto_clusters, nearest_centroids, train_kmeans, use_hierarchy
+from realsyn.centroids import CentroidIndex, auto_clusters
 from realsyn.config import BalanceConfig
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
@@ -124,18 +123,11 @@ def _kmeans(ws: Workspace, ids: pa.Array, bc: BalanceConfig, seed: int) -> tuple
         if sample.shape[1] != emb.shape[1]:
             sample = np.zeros((size, emb.shape[1]), np.float32)
         sample[rows] = emb
-    if use_hierarchy(bc.index, k):  # the paper's 1M image clusters: coarse to fine, ~sqrt(C) per image
-        h = Hierarchy.train(sample, k, niter=bc.niter, seed=seed)
-        nearest = partial(h.nearest, k=1, probe=bc.coarse_probe, threads=cpu_count())
-        count = len(h.fine)
-    else:
-        centroids = train_kmeans(sample, k, niter=bc.niter, max_train=size, seed=seed)
-        nearest = partial(nearest_centroids, centroids=centroids, nprobe=1, threads=cpu_count())
-        count = len(centroids)
+    index = CentroidIndex.train(sample, k, mode=bc.index, niter=bc.niter, seed=seed, ef=bc.hnsw_ef)
     labels = np.full(n, -1, np.int64)
     for rows, emb in _embeddings_of(ws, ids):
-        labels[rows] = nearest(emb).idx[:, 0]
-    return labels, count
+        labels[rows] = index.nearest(emb, 1, cpu_count()).idx[:, 0]
+    return labels, len(index.centroids)
 
 
 def prepare(ctx: Context) -> Pool:

@@ -20,7 +20,6 @@ import faiss
 import numpy as np
 
 from realsyn.centroids import (
-    Hierarchy,
     TopK,
     empty_topk,
     f32,
@@ -40,14 +39,6 @@ class ClusterIndex:
     vectors: np.ndarray  # (n, d) float16 or float32 (widened block by block), sorted by cluster
     offsets: np.ndarray  # (C + 1,) int64
     order: np.ndarray  # (n,) int64
-    hierarchy: Hierarchy | None = None  # two-level centroid search (its `fine` are the centroids)
-    probe: int = 4  # cells searched per query with a hierarchy
-
-    def nearest(self, q: np.ndarray, k: int, threads: int = 0) -> TopK:
-        """The `k` nearest centroids of every query: a flat scan, or coarse to fine."""
-        if self.hierarchy is not None:
-            return self.hierarchy.nearest(q, k, self.probe, threads)
-        return nearest_centroids(q, self.centroids, k, threads)
 
     @classmethod
     def build(cls, x: np.ndarray, centroids: np.ndarray, threads: int = 0) -> ClusterIndex:
@@ -60,7 +51,7 @@ class ClusterIndex:
         """Hierarchical top-k of every query: (hits as the caller's rows, nearest cluster)."""
         if len(self.centroids) == 0:
             return empty_topk(len(q), k), np.full(len(q), -1, np.int32)
-        probes = self.nearest(q, min(nprobe, len(self.centroids)), threads).idx
+        probes = nearest_centroids(q, self.centroids, nprobe, threads).idx
         m, p = probes.shape
         hits = grouped_topk(q, np.repeat(np.arange(m), p), probes.ravel(), self.vectors, self.offsets, k, threads)
         idx, sims = (a.reshape(m, p * k) for a in hits)

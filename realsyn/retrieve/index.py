@@ -1,0 +1,334 @@
+"""retrieve's sentence index, built out of core as executor tasks (local or Ray).
+
+The pool is the kept sentences in part order; a sentence's pool row is its place in it. Phases,
+each resumable (a task whose last output exists is skipped), files under `retrieve/`:
+
+1. flags: `sentences_kept.npy`, `images_kept.npy` (1 byte per item, streamed from embed's
+   dedup tables) and `parts.npy` (first pool row of each extract part).
+2. sample: tasks read seeded pool rows from their parts (the k-means sample, at most `max_train`
+   and 256 per cluster, and the texts of `similarity_spread`); the driver fits the
+   `CentroidIndex` on the sample and splits the clusters into blocks, consecutive cluster ranges
+   of about `block_sentences` sentences by the sample's counts: `centroids.npy`, `cells.npy`,
+   `router.npy` (the serialised HNSW graph, past 8192 clusters), `blocks.npy`.
+3. assign: one task per group of sentence parts finds each kept sentence's cluster and writes
+   `assign/s-J.{vectors,rows,labels,bounds}.npy`, sorted by cluster (so bucketed by block),
+   vectors in the embed dtype; and `texts/part-N.arrow` (sentence_id, doc_id, position, text).
+4. blocks: one task per block gathers its rows from every assign output, sorts them by cluster
+   (pool order within a cluster) and writes `blocks/b-T.{vectors,rows,offsets}.npy`; then
+   `assign/` is deleted.
+
+Memory: the driver holds the sample (float32), the centroids and 1 byte per item for the kept
+flags it streams; a task holds its parts' vectors, or one block twice (about 2 x
+`block_sentences` x d x 2 bytes). No process holds an n x d array.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from realsyn.centroids import CentroidIndex, auto_clusters, sort_by_group
+from realsyn.config import RetrieveConfig
+from realsyn.runtime import mirror
+from realsyn.runtime.context import Context, PipelineError
+from realsyn.runtime.workspace import atomic_path
+from realsyn.tables import EMBED, EMBED_DEDUP, EXTRACT_SENTENCES, read_embeddings
+
+NAME = "retrieve"
+TEXT_COLUMNS = ["sentence_id", "doc_id", "position", "text"]
+TEXT_SCHEMA = pa.schema([(c, pa.int32() if c == "position" else pa.string()) for c in TEXT_COLUMNS])
+SPREAD_TEXTS = 4096  # texts sampled for the encoder's similarity spread
+
+
+def save(arr: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def local(path: Path) -> Path:
+    """`path`; with a URL workspace on a Ray cluster, downloaded first when another node wrote it."""
+    if not path.exists() and (m := mirror.active()) is not None:
+        rel = m._rel(path)
+        if rel is not None:
+            m.pull_file(rel)
+    return path
+
+
+def load(path: Path, mmap: bool = True) -> np.ndarray:
+    """An .npy file (a read-only memmap unless `mmap` is False; a plain load when empty)."""
+    path = local(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError:
+        return np.load(path, allow_pickle=False)
+
+
+def kept_flags(dedup: Path, out: Path, batch: int = 1 << 20) -> int:
+    """Stream the kept flags of an embed dedup table into `out` (.npy of bool); returns the
+    number of rows. Memory: one batch."""
+    f = pq.ParquetFile(dedup)
+    n = f.metadata.num_rows
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|b1", "fortran_order": False, "shape": (n,)})
+        for b in f.iter_batches(batch, columns=["status"]):
+            fh.write(pc.equal(b.column(0), "kept").to_numpy(zero_copy_only=False).astype(bool).tobytes())
+    return n
+
+
+def part_sizes(work: Path, kind: str, n_parts: int) -> np.ndarray:
+    """Rows of each embed part (from parquet metadata), as start offsets (n_parts + 1)."""
+    sizes = [pq.ParquetFile(EMBED[kind].path(work, i)).metadata.num_rows for i in range(n_parts)]
+    return np.r_[0, np.cumsum(sizes)].astype(np.int64)
+
+
+def kept_part(work: Path, kind: str, index: int, start: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Ids, embeddings (embed dtype) and kept flags of one embed part."""
+    ids, emb = read_embeddings([EMBED[kind].path(work, index)], "image_id" if kind == "images" else "sentence_id", None)
+    mask = np.asarray(load(work / NAME / f"{kind}_kept.npy")[start:start + len(ids)])
+    return ids, emb, mask
+
+
+def seeded_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """`size` sorted rows of `n` drawn with the seed (all rows when size >= n); the draw of
+    `train_kmeans`, so a sample read out of core is the one it would take in memory."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Consecutive parts in groups of about `size` items: group j is parts[j] (a tuple)."""
+
+    parts: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, starts: np.ndarray, size: int) -> Groups:
+        groups: list[list[int]] = []
+        filled = size
+        for i in range(len(starts) - 1):
+            if filled >= size:
+                groups.append([])
+                filled = 0
+            groups[-1].append(i)
+            filled += int(starts[i + 1] - starts[i])
+        return cls(tuple(tuple(g) for g in groups))
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    index: int
+    parts: tuple[int, ...]
+    work: Path
+    rows: tuple[np.ndarray, ...]  # wanted pool rows (sorted) of each sample, within these parts
+
+
+def read_sample(task: SampleTask) -> tuple[int, list[np.ndarray]]:
+    """(task index, the wanted pool rows of the task's parts per sample, in the embed dtype)."""
+    pool = load(task.work / NAME / "parts.npy", mmap=False)
+    starts = part_sizes(task.work, "sentences", max(task.parts) + 1)
+    got: list[list[np.ndarray]] = [[] for _ in task.rows]
+    for i in task.parts:
+        _, emb, mask = kept_part(task.work, "sentences", i, int(starts[i]))
+        kept = emb[mask]
+        for out, rows in zip(got, task.rows):
+            out.append(kept[rows[(rows >= pool[i]) & (rows < pool[i + 1])] - pool[i]])
+    return task.index, [np.concatenate(g) for g in got]
+
+
+def sample_pool(ctx: Context, groups: Groups, wanted: list[np.ndarray]) -> list[np.ndarray]:
+    """Each array of pool rows, read by one task per group of parts, as float32 in row order."""
+    pool = load(ctx.ws.dir(NAME) / "parts.npy", mmap=False)
+    tasks = [SampleTask(j, parts, ctx.ws.root, tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted))
+             for j, parts in enumerate(groups.parts)]
+    results = dict(ctx.executor.map(read_sample, tasks))
+    return [np.concatenate([results[j][s] for j in range(len(tasks))]).astype(np.float32) if tasks
+            else np.zeros((0, 1), np.float32) for s in range(len(wanted))]
+
+
+def plan_blocks(labels: np.ndarray, clusters: int, n: int, per_block: int) -> np.ndarray:
+    """Consecutive cluster ranges of about `per_block` pool rows, estimated from the sample's
+    labels: block T is clusters [blocks[T], blocks[T + 1])."""
+    counts = np.bincount(labels, minlength=clusters) * (n / max(1, len(labels)))
+    cum = np.cumsum(counts)
+    cuts = np.searchsorted(cum, np.arange(per_block, cum[-1] if len(cum) else 0, per_block), side="right") + 1
+    return np.unique(np.r_[0, cuts, clusters].clip(0, clusters)).astype(np.int64)
+
+
+def train(ctx: Context, out: Path, groups: Groups, threads: int) -> float:
+    """Phase 2: the sample, the centroids and the blocks (skipped when `blocks.npy` exists);
+    returns the encoder's similarity spread (from the sampled texts and images)."""
+    from realsyn.retrieve.search import similarity_spread
+
+    rc, seed = ctx.cfg.retrieve, ctx.cfg.runtime.seed
+    if (out / "blocks.npy").exists():
+        return float(ctx.ws.stage(NAME).get("sim_spread", 1.0))
+    n = int(load(out / "parts.npy", mmap=False)[-1])
+    clusters = min(n, rc.clusters or auto_clusters(n, rc.sentences_per_cluster))
+    train_rows = seeded_rows(n, min(rc.max_train, 256 * max(1, clusters)), seed)
+    rng = np.random.default_rng(seed)
+    spread_rows = np.sort(rng.choice(n, min(n, SPREAD_TEXTS), replace=False)) if n else np.zeros(0, np.int64)
+    sample, texts = sample_pool(ctx, groups, [train_rows, spread_rows])
+    spread = round(similarity_spread(_image_sample(ctx, rng), texts), 6)  # as the manifest keeps it, for resume
+    if n:
+        index = CentroidIndex.train(sample, clusters, mode=rc.index, niter=rc.niter, seed=seed, ef=rc.hnsw_ef)
+        labels = index.nearest(sample, 1, threads).idx[:, 0]
+    else:
+        index = CentroidIndex.of(np.zeros((0, 1), np.float32), np.zeros(1, np.int64))
+        labels = np.zeros(0, np.int64)
+    save(index.centroids, out / "centroids.npy")
+    save(index.cells, out / "cells.npy")
+    if index.router is not None:
+        save(faiss.serialize_index(index.router), out / "router.npy")
+    ctx.ws.note(NAME, sentences=n, clusters=len(index.centroids), sim_spread=spread)
+    save(plan_blocks(labels, len(index.centroids), n, rc.block_sentences), out / "blocks.npy")  # last: marks it done
+    return spread
+
+
+def _image_sample(ctx: Context, rng: np.random.Generator, size: int = 2048) -> np.ndarray:
+    """Kept image embeddings of parts taken in a seeded order until `size` (float32)."""
+    work, n_parts = ctx.ws.root, ctx.ws.stage("extract")["parts"]
+    starts, images, got = part_sizes(work, "images", n_parts), list[np.ndarray](), 0
+    for i in rng.permutation(n_parts):
+        if got >= size:
+            break
+        _, emb, mask = kept_part(work, "images", int(i), int(starts[i]))
+        images.append(emb[mask].astype(np.float32))
+        got += len(images[-1])
+    return np.concatenate(images)[:size] if images else np.zeros((0, 1), np.float32)
+
+
+def open_centroids(out: Path, rc: RetrieveConfig) -> CentroidIndex:
+    router = faiss.deserialize_index(load(out / "router.npy", mmap=False)) if (out / "router.npy").exists() else None
+    return CentroidIndex(load(out / "centroids.npy", mmap=False), load(out / "cells.npy", mmap=False), router, rc.hnsw_ef)
+
+
+@dataclass(frozen=True)
+class AssignTask:
+    index: int
+    parts: tuple[int, ...]
+    work: Path
+    cfg: RetrieveConfig
+    threads: int
+
+
+def _assign_path(work: Path, j: int, what: str) -> Path:
+    return work / NAME / "assign" / f"s-{j:05d}.{what}.npy"
+
+
+def assign(task: AssignTask) -> int:
+    """Phase 3 for one group of sentence parts: texts per part, and the kept vectors with their
+    pool rows and clusters, sorted by cluster, with the row range of each block."""
+    out = task.work / NAME
+    pool, blocks = load(out / "parts.npy", mmap=False), load(out / "blocks.npy", mmap=False)
+    starts = part_sizes(task.work, "sentences", max(task.parts) + 1)
+    vecs = []
+    for i in task.parts:
+        ids, emb, mask = kept_part(task.work, "sentences", i, int(starts[i]))
+        texts = EXTRACT_SENTENCES.kept(task.work, i, TEXT_COLUMNS).filter(pa.array(mask))
+        if texts["sentence_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
+            raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
+        with atomic_path(out / "texts" / f"part-{i:05d}.arrow") as tmp, pa.ipc.new_file(str(tmp), TEXT_SCHEMA) as w:
+            w.write_table(texts.cast(TEXT_SCHEMA))
+        vecs.append(emb[mask])
+    x = np.concatenate(vecs)
+    rows = np.arange(pool[task.parts[0]], pool[task.parts[-1] + 1], dtype=np.int64)
+    labels = open_centroids(out, task.cfg).nearest(x, 1, task.threads).idx[:, 0] if len(x) else np.zeros(0, np.int64)
+    order = np.argsort(labels, kind="stable")
+    save(x[order], _assign_path(task.work, task.index, "vectors"))
+    save(rows[order], _assign_path(task.work, task.index, "rows"))
+    save(labels[order].astype(np.int32), _assign_path(task.work, task.index, "labels"))
+    bounds = np.searchsorted(labels[order], blocks).astype(np.int64)
+    save(bounds, _assign_path(task.work, task.index, "bounds"))  # last: marks the task done
+    return len(x)
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    index: int  # block T
+    sources: int  # assign tasks
+    work: Path
+
+
+def block_path(work: Path, t: int, what: str) -> Path:
+    return work / NAME / "blocks" / f"b-{t:05d}.{what}.npy"
+
+
+def gather_block(task: BlockTask) -> int:
+    """Phase 4 for one block: its rows of every assign output, sorted by cluster."""
+    blocks = load(task.work / NAME / "blocks.npy", mmap=False)
+    lo, hi = int(blocks[task.index]), int(blocks[task.index + 1])
+    vecs, rows, labels = [], [], []
+    for j in range(task.sources):
+        b = load(_assign_path(task.work, j, "bounds"), mmap=False)
+        a, e = int(b[task.index]), int(b[task.index + 1])
+        vecs.append(np.array(load(_assign_path(task.work, j, "vectors"))[a:e]))
+        rows.append(np.array(load(_assign_path(task.work, j, "rows"))[a:e]))
+        labels.append(np.array(load(_assign_path(task.work, j, "labels"))[a:e]))
+    lab = np.concatenate(labels).astype(np.int64) - lo
+    order, offsets = sort_by_group(lab, hi - lo)
+    x = np.concatenate(vecs)
+    save(x[order], block_path(task.work, task.index, "vectors"))
+    save(np.concatenate(rows)[order], block_path(task.work, task.index, "rows"))
+    save(offsets, block_path(task.work, task.index, "offsets"))  # last: marks the block done
+    return len(order)
+
+
+def build(ctx: Context, out: Path, n_parts: int, threads: int) -> float:
+    """The whole index (phases 1-4, resumable); returns the similarity spread."""
+    rc, ws, started = ctx.cfg.retrieve, ctx.ws, time.time()
+    if not (out / "parts.npy").exists():
+        kept_flags(EMBED_DEDUP["images"].path(ws.root), out / "images_kept.npy")
+        kept_flags(EMBED_DEDUP["sentences"].path(ws.root), out / "sentences_kept.npy")
+        starts, flags = part_sizes(ws.root, "sentences", n_parts), load(out / "sentences_kept.npy")
+        if len(flags) != starts[-1]:
+            raise PipelineError("retrieve: embed's sentence parts and dedup table differ in rows; rerun embed")
+        kept = [int(np.count_nonzero(flags[starts[i]:starts[i + 1]])) for i in range(n_parts)]
+        save(np.r_[0, np.cumsum(kept)].astype(np.int64), out / "parts.npy")
+    pool = load(out / "parts.npy", mmap=False)
+    groups = Groups.of(pool, rc.sentences_per_task)
+    spread = train(ctx, out, groups, threads)
+    if ws.stage(NAME).get("index_built"):
+        return spread
+    blocks = load(out / "blocks.npy", mmap=False)
+    todo = [AssignTask(j, g, ws.root, rc, 1) for j, g in enumerate(groups.parts)
+            if not _assign_path(ws.root, j, "bounds").exists()]
+    each = ctx.executor.threads_for(len(todo))
+    ctx.executor.run(assign, [AssignTask(t.index, t.parts, t.work, t.cfg, each) for t in todo],
+                     f"{NAME}: assign", "sentences", total=None)
+    tasks = [BlockTask(t, len(groups.parts), ws.root) for t in range(len(blocks) - 1)
+             if not block_path(ws.root, t, "offsets").exists()]
+    ctx.executor.run(gather_block, tasks, f"{NAME}: sort", "sentences")
+    ws.note(NAME, index_built=True, blocks=len(blocks) - 1, index_seconds=round(time.time() - started, 3))
+    remove(out, "assign")
+    return spread
+
+
+def iter_blocks(out: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first cluster, vectors, pool rows) of every block, memory-mapped, in order."""
+    blocks = load(out / "blocks.npy", mmap=False)
+    for t in range(len(blocks) - 1):
+        work = out.parent
+        yield int(blocks[t]), load(block_path(work, t, "vectors")), load(block_path(work, t, "rows"))
+
+
+def remove(out: Path, *folders: str) -> None:
+    """Delete intermediate folders (and, with a URL workspace, their copies in the store)."""
+    for name in folders:
+        shutil.rmtree(out / name, ignore_errors=True)
+    if (m := mirror.active()) is not None:
+        for name in folders:
+            rel = m._rel(out / name)
+            if rel:
+                m.sync_up(rel)
+
+
