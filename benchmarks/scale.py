@@ -11,7 +11,7 @@ Memory: one part at a time.
 config's default, as in the paper), runs `realsyn retrieve` on it in its own process and reports
 per size: seconds of the index build and of the search, seconds per sentence indexed and per image
 searched, recall@3 against exact search (the manifest's), the centroid step's recall where the
-two-level index is used, and the peak RSS of the process tree (driver and workers).
+HNSW router is used, and the peak RSS of the driver and of the largest worker (polled).
 
     python benchmarks/scale.py make-workspace DIR --sentences N --images M [--dim D] [--embeddings DIR]
     python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--json]
@@ -40,8 +40,27 @@ from realsyn.tables import EMBED, EMBED_DEDUP, EXTRACT, IMAGE_SCHEMA, SENTENCE_S
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
 SENTENCES_PER_DOC, DOCS_PER_PART = 48, 1000  # images spread over the same documents (8 sentences per image)
-_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # the largest process of the tree, KiB
+
+
+def run_watched(cmd: list[str], env: dict[str, str], every: float = 0.1) -> dict:
+    """Run `cmd`, polling the RSS of the process (the driver) and of its descendants (the
+    workers) every `every` seconds; peaks in MiB. A peak shorter than the interval can be missed."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = {"driver_peak_rss_mib": 0.0, "worker_peak_rss_mib": 0.0}
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peaks["driver_peak_rss_mib"] = max(peaks["driver_peak_rss_mib"], watched.memory_info().rss / 2**20)
+            for child in watched.children(recursive=True):
+                peaks["worker_peak_rss_mib"] = max(peaks["worker_peak_rss_mib"], child.memory_info().rss / 2**20)
+        except psutil.Error:  # a process ended between the listing and the reading
+            pass
+        time.sleep(every)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+    return {k: round(v, 1) for k, v in peaks.items()}
 
 
 def _blocks(kind: str, n: int, dim: int, embeddings: Path | None) -> Iterator[np.ndarray]:
@@ -151,10 +170,9 @@ def measure(sentences: int, dim: int, workers: int) -> dict:
         made = time.time() - started
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         started = time.time()
-        done = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "realsyn.cli", "retrieve", "--out", str(root),
-                               "--quiet", "--workers", str(workers), "--json"], check=True, env=env, capture_output=True, text=True)
+        peaks = run_watched([sys.executable, "-m", "realsyn.cli", "retrieve", "--out", str(root), "--quiet",
+                             "--workers", str(workers)], env)
         wall = time.time() - started
-        peak = int(done.stdout.strip().splitlines()[-1])
         stage = json.loads((root / "manifest.json").read_text())["stages"]["retrieve"]
     counts = stage["counts"]
     build = stage.get("index_seconds", 0.0)
@@ -165,7 +183,7 @@ def measure(sentences: int, dim: int, workers: int) -> dict:
             "index_us_per_sentence": round(1e6 * build / sentences, 3),
             "search_us_per_image": round(1e6 * search / images, 3),
             "recall_at_k": counts.get("recall_at_k"), "centroid_recall": counts.get("centroid_recall"),
-            "peak_rss_mib": round(peak / 1024, 1)}
+            "blocks": counts.get("blocks"), **peaks}
 
 
 def main() -> None:
@@ -188,7 +206,8 @@ def main() -> None:
     runs = [measure(_size(s), a.dim, a.workers) for s in a.sizes.split(",")]
     first, last = runs[0], runs[-1]
     out = {"runs": runs, "ratios_last_to_first": {
-        k: round(last[k] / first[k], 3) for k in ("peak_rss_mib", "index_us_per_sentence", "search_us_per_image") if first[k]}}
+        k: round(last[k] / first[k], 3) for k in ("driver_peak_rss_mib", "worker_peak_rss_mib", "index_us_per_sentence",
+                                                  "search_us_per_image") if first[k]}}
     print(json.dumps(out, indent=None if a.json else 2))
 
 

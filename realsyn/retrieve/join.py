@@ -21,7 +21,7 @@ import numpy as np
 
 from realsyn.centroids import TopK, empty_topk, grouped_topk, merge_topk
 from realsyn.config import RetrieveConfig
-from realsyn.retrieve.index import NAME, block_path, iter_blocks, kept_part, load, open_centroids, save
+from realsyn.retrieve.index import NAME, block_path, iter_blocks, kept_part, load, local, open_centroids, save
 from realsyn.retrieve.search import exact_topk
 from realsyn.runtime.workspace import atomic_path
 
@@ -160,7 +160,7 @@ def gather(work: Path, j: int, m: int, k: int, n_blocks: int) -> tuple[TopK, np.
     the blocks they probed."""
     got = []
     for t in range(n_blocks):
-        with np.load(_join_path(work, t, j), allow_pickle=False) as z:
+        with np.load(local(_join_path(work, t, j)), allow_pickle=False) as z:
             got.append((z["rows"], z["idx"], z["sims"]))
     if got:
         rows, idx, sims = (np.concatenate([g[i] for g in got]) for i in range(3))
