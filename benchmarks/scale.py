@@ -107,7 +107,8 @@ def _extract_table(kind: str, ids: list[str], docs: list[str], positions: list[i
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings: Path | None = None) -> dict:
+def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings: Path | None = None,
+                   docs_per_part: int = DOCS_PER_PART) -> dict:
     """Write the synthetic workspace; returns its counts."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None)
@@ -125,8 +126,8 @@ def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings
     done = {"sentences": 0, "images": 0}
     all_ids: dict[str, list[str]] = {"sentences": [], "images": []}
     part = 0
-    for first in range(0, docs, DOCS_PER_PART):
-        span = range(first, min(docs, first + DOCS_PER_PART))
+    for first in range(0, docs, docs_per_part):
+        span = range(first, min(docs, first + docs_per_part))
         for kind, total in (("sentences", sentences), ("images", images)):
             # spread the kind's rows evenly over the documents
             lo, hi = done[kind], min(total, round(total * span.stop / docs))
@@ -194,8 +195,9 @@ def main() -> None:
         p.add_argument("--images", type=_size, required=True)
         p.add_argument("--dim", type=int, default=384)
         p.add_argument("--embeddings", type=Path, default=None, help="DIR with sentences.npy and images.npy")
+        p.add_argument("--docs-per-part", type=int, default=DOCS_PER_PART, help="documents of 48 sentences per part")
         a = p.parse_args(sys.argv[2:])
-        print(json.dumps(make_workspace(a.dir, a.sentences, a.images, a.dim, a.embeddings)))
+        print(json.dumps(make_workspace(a.dir, a.sentences, a.images, a.dim, a.embeddings, a.docs_per_part)))
         return
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1M,4M")

@@ -138,8 +138,10 @@ def merge_topk(idx: np.ndarray, sims: np.ndarray, k: int) -> TopK:
 
 
 FLAT_TRAIN_MAX = 1024  # index auto: plain k-means up to this many clusters, two-level beyond
-FLAT_ROUTE_MAX = 8192  # nearest-centroid search: a BLAS scan up to this many centroids, an HNSW graph beyond
-REFINE_ITERS = 5  # Lloyd iterations over the whole sample after the per-cell fits
+FLAT_ROUTE_MAX = 65536  # nearest-centroid search: a BLAS scan up to this many centroids, an HNSW graph beyond
+# (measured at d = 384 on one core, 10k centroids: scan 86 us/row; HNSW M 32, ef 32: 113 us/row, recall 0.995)
+REFINE_ITERS = 5  # Lloyd iterations after the per-cell fits
+REFINE_ROWS = 1 << 18  # ... over at most this many rows of the sample (the first of a seeded draw)
 _HNSW_M, _HNSW_EF_CONSTRUCTION = 32, 80
 
 
@@ -185,17 +187,18 @@ class CentroidIndex:
     centroids: np.ndarray  # (C, d) float32, grouped by cell
     cells: np.ndarray  # (G + 1,) int64
     router: faiss.Index | None = None  # HNSW over the centroids, or None for the scan
-    ef: int = 64
+    ef: int = 32
 
     @classmethod
     def train(cls, sample: np.ndarray, clusters: int, *, mode: str = "auto", niter: int = 20,
-              seed: int = 0, ef: int = 64, refine: int = REFINE_ITERS) -> CentroidIndex:
+              seed: int = 0, ef: int = 32, refine: int = REFINE_ITERS) -> CentroidIndex:
         """Centroids fitted on `sample` (a bounded seeded sample of the pool).
 
         `flat` (and `auto` up to FLAT_TRAIN_MAX clusters): one spherical k-means, one cell.
-        `hierarchical`: coarse k-means (about sqrt(C) cells), a fine k-means in each cell with
-        clusters in proportion to its share (each seeded by the seed and the cell), then `refine`
-        Lloyd iterations over the whole sample with the index's own search, which moves the fine
+        `hierarchical`: coarse k-means (about sqrt(C) cells, on at most REFINE_ROWS rows), a fine
+        k-means in each cell with clusters in proportion to its share (each seeded by the seed and
+        the cell), then `refine` Lloyd iterations over at most REFINE_ROWS rows of the sample with
+        the index's own search, which moves the fine
         centroids across cell borders (on the standard synthetic embeddings, 1M sentences and
         2.5k clusters: recall@3 0.87 before, 0.98 after; flat k-means 0.95, at twice the time);
         finally each cluster joins the cell of its nearest coarse centroid."""
@@ -205,21 +208,22 @@ class CentroidIndex:
             cent = train_kmeans(sample, clusters, niter=niter, max_train=n, seed=seed)
             return cls.of(cent, np.array([0, len(cent)], np.int64), ef)
         cells = max(1, min(round(np.sqrt(clusters)), clusters))
-        coarse = train_kmeans(sample, cells, niter=niter, max_train=n, seed=seed)
+        coarse = train_kmeans(sample, cells, niter=niter, max_train=REFINE_ROWS, seed=seed)
         cell = nearest_centroids(sample, coarse, 1).idx[:, 0]
         sizes = np.bincount(cell, minlength=len(coarse))
         want = np.minimum(np.maximum(1, np.round(clusters * sizes / max(1, n))).astype(np.int64), np.maximum(sizes, 1))
         fine = np.concatenate([
             train_kmeans(sample[cell == g], int(want[g]), niter=niter, max_train=int(sizes[g]), seed=seed + 1 + g)
             if sizes[g] else coarse[g:g + 1] for g in range(len(coarse))])
+        some = sample[np.sort(np.random.default_rng(seed).permutation(n)[:REFINE_ROWS])] if n > REFINE_ROWS else sample
         for _ in range(refine):
-            labels = cls.of(fine, np.array([0, len(fine)], np.int64), ef).nearest(sample, 1).idx[:, 0]
-            fine = spherical_means(sample, labels, fine)
+            labels = cls.of(fine, np.array([0, len(fine)], np.int64), ef).nearest(some, 1).idx[:, 0]
+            fine = spherical_means(some, labels, fine)
         order, offsets = sort_by_group(nearest_centroids(fine, coarse, 1).idx[:, 0], len(coarse))
         return cls.of(fine[order], offsets, ef)
 
     @classmethod
-    def of(cls, centroids: np.ndarray, cells: np.ndarray, ef: int = 64, router: faiss.Index | None = None) -> CentroidIndex:
+    def of(cls, centroids: np.ndarray, cells: np.ndarray, ef: int = 32, router: faiss.Index | None = None) -> CentroidIndex:
         """The index of given centroids; builds the HNSW router when there are many."""
         centroids = f32(centroids)
         if router is None and len(centroids) > FLAT_ROUTE_MAX:

@@ -79,7 +79,7 @@ def assert_same(a: Path, b: Path) -> None:
     assert [k for k in ca if ca[k] != cb[k]] == []
     ma, mb = counts(a), counts(b)
     for m in (ma, mb):  # the report's size follows its page (paths, times)
-        m.pop("report")
+        m.pop("report", None)
     assert ma == mb
 
 
@@ -239,3 +239,21 @@ def test_ray_cluster_with_object_store_workspace(s3_env: dict[str, str], cluster
     run_pipeline(zim, url, "--executor", "ray", "--set", f"runtime.ray.address={cluster}",
                  env={**s3_env, "REALSYN_SCRATCH": str(tmp_path / "scratch")})
     assert_same(local_run, fetch(url, tmp_path / "store"))
+
+
+@pytest.mark.slow
+def test_ray_retrieve_on_a_synthetic_pool_equals_local(cluster: str, tmp_path: Path):
+    """The out-of-core index and the bucketed join as Ray tasks on two nodes: the same index
+    and pairs as the local executor (a 20k-sentence synthetic workspace split in 9 parts)."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from scale import make_workspace
+    from test_scale_workspace import SPLIT
+
+    make_workspace(tmp_path / "local", 20_000, 2_500, 32, docs_per_part=50)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    realsyn("retrieve", "--out", str(tmp_path / "local"), *SPLIT)
+    realsyn("retrieve", "--out", str(tmp_path / "ray"), *SPLIT, "--executor", "ray", "--set", f"runtime.ray.address={cluster}")
+    assert counts(tmp_path / "local")["retrieve"]["blocks"] >= 4
+    assert_same(tmp_path / "local", tmp_path / "ray")

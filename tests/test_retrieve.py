@@ -330,7 +330,7 @@ def test_two_level_kmeans_and_the_hnsw_router(data):
     s, q, _ = data
     h = CentroidIndex.train(s, 100, mode="hierarchical", seed=0)
     assert len(h.cells) == 11 and abs(len(h.centroids) - 100) <= 10 and h.cells[-1] == len(h.centroids)
-    assert (np.diff(h.cells) >= 0).all() and h.router is None  # a scan below 8192 clusters
+    assert (np.diff(h.cells) >= 0).all() and h.router is None  # a scan below 65,536 clusters
     assert (CentroidIndex.train(s, 100, mode="hierarchical", seed=0).centroids == h.centroids).all()  # seeded
     assert centroid_recall(q, h) is None
     routed = CentroidIndex.of(h.centroids, h.cells, ef=256, router=hnsw_router(h.centroids))

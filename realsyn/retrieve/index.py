@@ -9,7 +9,7 @@ each resumable (a task whose last output exists is skipped), files under `retrie
    and 256 per cluster, and the texts of `similarity_spread`); the driver fits the
    `CentroidIndex` on the sample and splits the clusters into blocks, consecutive cluster ranges
    of about `block_sentences` sentences by the sample's counts: `centroids.npy`, `cells.npy`,
-   `router.npy` (the serialised HNSW graph, past 8192 clusters), `blocks.npy`.
+   `router.npy` (the serialised HNSW graph, past 65,536 clusters), `blocks.npy`.
 3. assign: one task per group of sentence parts finds each kept sentence's cluster and writes
    `assign/s-J.{vectors,rows,labels,bounds}.npy`, sorted by cluster (so bucketed by block),
    vectors in the embed dtype; and `texts/part-N.arrow` (sentence_id, doc_id, position, text).
@@ -146,12 +146,13 @@ def read_sample(task: SampleTask) -> tuple[int, list[np.ndarray]]:
 
 
 def sample_pool(ctx: Context, groups: Groups, wanted: list[np.ndarray]) -> list[np.ndarray]:
-    """Each array of pool rows, read by one task per group of parts, as float32 in row order."""
+    """Each array of pool rows, read by one task per group of parts, in row order (embed dtype:
+    the k-means code widens batches, never the whole sample)."""
     pool = load(ctx.ws.dir(NAME) / "parts.npy", mmap=False)
     tasks = [SampleTask(j, parts, ctx.ws.root, tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted))
              for j, parts in enumerate(groups.parts)]
     results = dict(ctx.executor.map(read_sample, tasks))
-    return [np.concatenate([results[j][s] for j in range(len(tasks))]).astype(np.float32) if tasks
+    return [np.concatenate([results[j][s] for j in range(len(tasks))]) if tasks
             else np.zeros((0, 1), np.float32) for s in range(len(wanted))]
 
 

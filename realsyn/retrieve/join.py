@@ -193,7 +193,7 @@ def exact(out: Path, q: np.ndarray, k: int) -> TopK:
     best = empty_topk(len(q), k)
     for _, base, base_rows in iter_blocks(out):
         if len(base):
-            h = exact_topk(q, base, k)
+            h = exact_topk(q, base, k, block=1 << 17)  # 2 x 128k x d float32 at a time
             idx = np.where(h.idx >= 0, np.asarray(base_rows)[np.maximum(h.idx, 0)], -1)
             best = merge_topk(np.hstack([best.idx, idx]), np.hstack([best.sims, h.sims]), k)
     return best
