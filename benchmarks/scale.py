@@ -160,7 +160,7 @@ def _size(text: str) -> int:
     return int(float(text.rstrip("KM")) * scale)
 
 
-def measure(sentences: int, dim: int, workers: int) -> dict:
+def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = ()) -> dict:
     """A synthetic workspace of `sentences` (images = sentences / 8), then `realsyn retrieve`
     in its own process: the stage's figures and the peak RSS of the process tree."""
     images = max(1, sentences // 8)
@@ -172,13 +172,13 @@ def measure(sentences: int, dim: int, workers: int) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         started = time.time()
         peaks = run_watched([sys.executable, "-m", "realsyn.cli", "retrieve", "--out", str(root), "--quiet",
-                             "--workers", str(workers)], env)
+                             "--workers", str(workers), *[a for s in sets for a in ("--set", s)]], env)
         wall = time.time() - started
         stage = json.loads((root / "manifest.json").read_text())["stages"]["retrieve"]
     counts = stage["counts"]
     build = stage.get("index_seconds", 0.0)
     search = stage["seconds"] - build
-    return {"sentences": sentences, "images": images, "dim": dim, "clusters": counts["clusters"],
+    return {"sentences": sentences, "images": images, "dim": dim, "clusters": counts["clusters"], "set": list(sets),
             "workspace_seconds": round(made, 1), "retrieve_wall_seconds": round(wall, 1),
             "index_seconds": round(build, 2), "search_seconds": round(search, 2),
             "index_us_per_sentence": round(1e6 * build / sentences, 3),
@@ -203,9 +203,10 @@ def main() -> None:
     p.add_argument("--sizes", default="1M,4M")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], help="a config override for retrieve, e.g. retrieve.nprobe=2")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    runs = [measure(_size(s), a.dim, a.workers) for s in a.sizes.split(",")]
+    runs = [measure(_size(s), a.dim, a.workers, tuple(a.set)) for s in a.sizes.split(",")]
     first, last = runs[0], runs[-1]
     out = {"runs": runs, "ratios_last_to_first": {
         k: round(last[k] / first[k], 3) for k in ("driver_peak_rss_mib", "worker_peak_rss_mib", "index_us_per_sentence",

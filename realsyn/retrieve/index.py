@@ -182,7 +182,7 @@ def train(ctx: Context, out: Path, groups: Groups, threads: int) -> float:
     spread = round(similarity_spread(_image_sample(ctx, rng), texts), 6)  # as the manifest keeps it, for resume
     if n:
         index = CentroidIndex.train(sample, clusters, mode=rc.index, niter=rc.niter, seed=seed, ef=rc.hnsw_ef)
-        labels = index.nearest(sample, 1, threads).idx[:, 0]
+        labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1, threads).idx[:, 0]  # block sizes: an estimate
     else:
         index = CentroidIndex.of(np.zeros((0, 1), np.float32), np.zeros(1, np.int64))
         labels = np.zeros(0, np.int64)
