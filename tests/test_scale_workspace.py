@@ -66,10 +66,10 @@ def test_split_index_phases_and_blocks(synthetic):
     assert len(_pairs_bytes(done)) == 9 and 0.2 < stage["counts"]["recall_at_k"] <= 1.0  # low at d = 32
 
 
-@pytest.mark.parametrize("faults", [("blocks:2", "join:3"), ("assign:2", "queries:2")])
-def test_sigkill_during_index_build_and_search_then_rerun(synthetic, tmp_path, faults):
-    """A worker killed while the index is sorted (or assigned), a re-run killed again during the
-    search (or the routing), then a clean re-run: the same pairs as an uninterrupted run."""
+def test_sigkill_during_index_build_and_search_then_rerun(synthetic, tmp_path):
+    """A worker killed while the index is assigned, the re-runs killed again while it is sorted,
+    while images are routed and during the join, then a clean re-run: the same pairs as an
+    uninterrupted run."""
     import shutil
 
     from run_cli import realsyn
@@ -77,7 +77,7 @@ def test_sigkill_during_index_build_and_search_then_rerun(synthetic, tmp_path, f
     clean, done = synthetic
     work = tmp_path / "work"
     shutil.copytree(clean, work)
-    for fault in faults:
+    for fault in ("assign:2", "blocks:2", "queries:2", "join:3"):
         os.environ["REALSYN_FAULT"] = fault
         try:
             killed = realsyn("retrieve", "--out", str(work), *SPLIT, check=False)
