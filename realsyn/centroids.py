@@ -39,6 +39,15 @@ def auto_clusters(n: int, per_cluster: int) -> int:
     return max(1, min(n, round(n / per_cluster)))
 
 
+def seeded_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """`size` sorted row numbers of `n` drawn with the seed (all rows when size >= n): the one
+    draw behind every seeded sample (k-means, recall, balance, report), so a sample read out of
+    core is the one taken in memory."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: int = 1 << 18,
                  seed: int = 0) -> np.ndarray:
     """Spherical k-means centroids (clusters x d float32), fitted on a seeded random sample of
@@ -46,8 +55,7 @@ def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: in
     n, d = x.shape
     clusters = max(1, min(clusters, n))
     size = min(max_train, 256 * clusters)
-    rng = np.random.default_rng(seed)
-    sample = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
+    sample = x if n <= size else x[seeded_rows(n, size, seed)]
     km = faiss.Kmeans(d, clusters, niter=niter, seed=seed, spherical=True, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=len(sample) + 1)
     km.train(f32(sample))

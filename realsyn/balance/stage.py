@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.balance import sampling
-from realsyn.centroids import CentroidIndex, auto_clusters
+from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows
 from realsyn.config import BalanceConfig
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
@@ -117,7 +117,7 @@ def _kmeans(ws: Workspace, ids: pa.Array, bc: BalanceConfig, seed: int) -> tuple
         return np.zeros(0, np.int64), 0
     k = min(n, bc.clusters or auto_clusters(n, bc.pairs_per_cluster))
     size = min(n, max(k, min(bc.max_train, 256 * k)))  # never fewer points than clusters
-    pick = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    pick = seeded_rows(n, size, seed)
     sample = np.zeros((0, 0), np.float32)
     for rows, emb in _embeddings_of(ws, ids.take(pa.array(pick))):
         if sample.shape[1] != emb.shape[1]:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from realsyn.balance import stage as balance
+from realsyn.centroids import seeded_rows
 from realsyn.config import Config
 from realsyn.export import stage as export
 from realsyn.export.records import lookup
@@ -61,7 +62,7 @@ def _scale(ws: Workspace, cfg: Config) -> str:
 def sample_rows(path: Path, columns: list[str], n: int, seed: int) -> pa.Table:
     """A seeded random sample of n rows of a parquet file, streamed (memory: the sample)."""
     total = pq.ParquetFile(path).metadata.num_rows
-    pick = np.sort(np.random.default_rng(seed).choice(total, min(n, total), replace=False))
+    pick = seeded_rows(total, n, seed)
     out, lo = [], 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
         hit = pick[(pick >= lo) & (pick < lo + batch.num_rows)] - lo

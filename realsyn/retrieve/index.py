@@ -17,8 +17,8 @@ each resumable (a task whose last output exists is skipped), files under `retrie
    (pool order within a cluster) and writes `blocks/b-T.{vectors,rows,offsets}.npy`; then
    `assign/` is deleted.
 
-Memory: the driver holds the sample (float32), the centroids and 1 byte per item for the kept
-flags it streams; a task holds its parts' vectors, or one block twice (about 2 x
+Memory: the driver holds the sample (embed dtype), the centroids and 1 byte per item for the
+kept flags it streams; a task holds its parts' vectors, or one block twice (about 2 x
 `block_sentences` x d x 2 bytes). No process holds an n x d array.
 """
 
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.centroids import CentroidIndex, auto_clusters, sort_by_group
+from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows, sort_by_group
 from realsyn.config import RetrieveConfig
 from realsyn.runtime import mirror
 from realsyn.runtime.context import Context, PipelineError
@@ -56,10 +56,8 @@ def save(arr: np.ndarray, path: Path) -> None:
 
 def local(path: Path) -> Path:
     """`path`; with a URL workspace on a Ray cluster, downloaded first when another node wrote it."""
-    if not path.exists() and (m := mirror.active()) is not None:
-        rel = m._rel(path)
-        if rel is not None:
-            m.pull_file(rel)
+    if (m := mirror.active()) is not None:
+        m.fetch(path)
     return path
 
 
@@ -97,14 +95,6 @@ def kept_part(work: Path, kind: str, index: int, start: int) -> tuple[list[str],
     return ids, emb, mask
 
 
-def seeded_rows(n: int, size: int, seed: int) -> np.ndarray:
-    """`size` sorted rows of `n` drawn with the seed (all rows when size >= n); the draw of
-    `train_kmeans`, so a sample read out of core is the one it would take in memory."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
 @dataclass(frozen=True)
 class Groups:
     """Consecutive parts in groups of about `size` items: group j is parts[j] (a tuple)."""
@@ -123,11 +113,16 @@ class Groups:
             filled += int(starts[i + 1] - starts[i])
         return cls(tuple(tuple(g) for g in groups))
 
+    def starts(self, j: int, first: np.ndarray) -> tuple[int, ...]:
+        """`first[i]` of each part i of group j (e.g. its first embed row)."""
+        return tuple(int(first[i]) for i in self.parts[j])
+
 
 @dataclass(frozen=True)
 class SampleTask:
     index: int
     parts: tuple[int, ...]
+    starts: tuple[int, ...]  # first embed row of each part
     work: Path
     rows: tuple[np.ndarray, ...]  # wanted pool rows (sorted) of each sample, within these parts
 
@@ -135,21 +130,22 @@ class SampleTask:
 def read_sample(task: SampleTask) -> tuple[int, list[np.ndarray]]:
     """(task index, the wanted pool rows of the task's parts per sample, in the embed dtype)."""
     pool = load(task.work / NAME / "parts.npy", mmap=False)
-    starts = part_sizes(task.work, "sentences", max(task.parts) + 1)
     got: list[list[np.ndarray]] = [[] for _ in task.rows]
-    for i in task.parts:
-        _, emb, mask = kept_part(task.work, "sentences", i, int(starts[i]))
+    for i, start in zip(task.parts, task.starts):
+        _, emb, mask = kept_part(task.work, "sentences", i, start)
         kept = emb[mask]
         for out, rows in zip(got, task.rows):
             out.append(kept[rows[(rows >= pool[i]) & (rows < pool[i + 1])] - pool[i]])
     return task.index, [np.concatenate(g) for g in got]
 
 
-def sample_pool(ctx: Context, groups: Groups, wanted: list[np.ndarray]) -> list[np.ndarray]:
+def sample_pool(ctx: Context, groups: Groups, starts: np.ndarray, wanted: list[np.ndarray]) -> list[np.ndarray]:
     """Each array of pool rows, read by one task per group of parts, in row order (embed dtype:
-    the k-means code widens batches, never the whole sample)."""
+    the k-means code widens batches, never the whole sample). `starts`: the sentence parts'
+    first embed rows."""
     pool = load(ctx.ws.dir(NAME) / "parts.npy", mmap=False)
-    tasks = [SampleTask(j, parts, ctx.ws.root, tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted))
+    tasks = [SampleTask(j, parts, groups.starts(j, starts), ctx.ws.root,
+                        tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted))
              for j, parts in enumerate(groups.parts)]
     results = dict(ctx.executor.map(read_sample, tasks))
     return [np.concatenate([results[j][s] for j in range(len(tasks))]) if tasks
@@ -165,7 +161,7 @@ def plan_blocks(labels: np.ndarray, clusters: int, n: int, per_block: int) -> np
     return np.unique(np.r_[0, cuts, clusters].clip(0, clusters)).astype(np.int64)
 
 
-def train(ctx: Context, out: Path, groups: Groups, threads: int) -> float:
+def train(ctx: Context, out: Path, groups: Groups, starts: dict[str, np.ndarray], threads: int) -> float:
     """Phase 2: the sample, the centroids and the blocks (skipped when `blocks.npy` exists);
     returns the encoder's similarity spread (from the sampled texts and images)."""
     from realsyn.retrieve.search import similarity_spread
@@ -178,8 +174,8 @@ def train(ctx: Context, out: Path, groups: Groups, threads: int) -> float:
     train_rows = seeded_rows(n, min(rc.max_train, 256 * max(1, clusters)), seed)
     rng = np.random.default_rng(seed)
     spread_rows = np.sort(rng.choice(n, min(n, SPREAD_TEXTS), replace=False)) if n else np.zeros(0, np.int64)
-    sample, texts = sample_pool(ctx, groups, [train_rows, spread_rows])
-    spread = round(similarity_spread(_image_sample(ctx, rng), texts), 6)  # as the manifest keeps it, for resume
+    sample, texts = sample_pool(ctx, groups, starts["sentences"], [train_rows, spread_rows])
+    spread = round(similarity_spread(_image_sample(ctx, rng, starts["images"]), texts), 6)  # as the manifest keeps it, for resume
     if n:
         index = CentroidIndex.train(sample, clusters, mode=rc.index, niter=rc.niter, seed=seed, ef=rc.hnsw_ef)
         labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1, threads).idx[:, 0]  # block sizes: an estimate
@@ -195,14 +191,13 @@ def train(ctx: Context, out: Path, groups: Groups, threads: int) -> float:
     return spread
 
 
-def _image_sample(ctx: Context, rng: np.random.Generator, size: int = 2048) -> np.ndarray:
+def _image_sample(ctx: Context, rng: np.random.Generator, starts: np.ndarray, size: int = 2048) -> np.ndarray:
     """Kept image embeddings of parts taken in a seeded order until `size` (float32)."""
-    work, n_parts = ctx.ws.root, ctx.ws.stage("extract")["parts"]
-    starts, images, got = part_sizes(work, "images", n_parts), list[np.ndarray](), 0
-    for i in rng.permutation(n_parts):
+    images, got = list[np.ndarray](), 0
+    for i in rng.permutation(len(starts) - 1):
         if got >= size:
             break
-        _, emb, mask = kept_part(work, "images", int(i), int(starts[i]))
+        _, emb, mask = kept_part(ctx.ws.root, "images", int(i), int(starts[i]))
         images.append(emb[mask].astype(np.float32))
         got += len(images[-1])
     return np.concatenate(images)[:size] if images else np.zeros((0, 1), np.float32)
@@ -217,6 +212,7 @@ def open_centroids(out: Path, rc: RetrieveConfig) -> CentroidIndex:
 class AssignTask:
     index: int
     parts: tuple[int, ...]
+    starts: tuple[int, ...]  # first embed row of each part
     work: Path
     cfg: RetrieveConfig
     threads: int
@@ -231,10 +227,9 @@ def assign(task: AssignTask) -> int:
     pool rows and clusters, sorted by cluster, with the row range of each block."""
     out = task.work / NAME
     pool, blocks = load(out / "parts.npy", mmap=False), load(out / "blocks.npy", mmap=False)
-    starts = part_sizes(task.work, "sentences", max(task.parts) + 1)
     vecs = []
-    for i in task.parts:
-        ids, emb, mask = kept_part(task.work, "sentences", i, int(starts[i]))
+    for i, start in zip(task.parts, task.starts):
+        ids, emb, mask = kept_part(task.work, "sentences", i, start)
         texts = EXTRACT_SENTENCES.kept(task.work, i, TEXT_COLUMNS).filter(pa.array(mask))
         if texts["sentence_id"].to_pylist() != [s for s, m in zip(ids, mask) if m]:
             raise PipelineError(f"retrieve: sentence part {i} of extract and embed do not match; rerun embed")
@@ -284,28 +279,29 @@ def gather_block(task: BlockTask) -> int:
     return len(order)
 
 
-def build(ctx: Context, out: Path, n_parts: int, threads: int) -> float:
-    """The whole index (phases 1-4, resumable); returns the similarity spread."""
+def build(ctx: Context, out: Path, starts: dict[str, np.ndarray], threads: int) -> float:
+    """The whole index (phases 1-4, resumable); returns the similarity spread. `starts`: the
+    first embed row of each part, per kind (`part_sizes`)."""
     rc, ws, started = ctx.cfg.retrieve, ctx.ws, time.time()
+    n_parts = len(starts["sentences"]) - 1
     if not (out / "parts.npy").exists():
         kept_flags(EMBED_DEDUP["images"].path(ws.root), out / "images_kept.npy")
         kept_flags(EMBED_DEDUP["sentences"].path(ws.root), out / "sentences_kept.npy")
-        starts, flags = part_sizes(ws.root, "sentences", n_parts), load(out / "sentences_kept.npy")
-        if len(flags) != starts[-1]:
+        flags, first = load(out / "sentences_kept.npy"), starts["sentences"]
+        if len(flags) != first[-1]:
             raise PipelineError("retrieve: embed's sentence parts and dedup table differ in rows; rerun embed")
-        kept = [int(np.count_nonzero(flags[starts[i]:starts[i + 1]])) for i in range(n_parts)]
+        kept = [int(np.count_nonzero(flags[first[i]:first[i + 1]])) for i in range(n_parts)]
         save(np.r_[0, np.cumsum(kept)].astype(np.int64), out / "parts.npy")
     pool = load(out / "parts.npy", mmap=False)
     groups = Groups.of(pool, rc.sentences_per_task)
-    spread = train(ctx, out, groups, threads)
+    spread = train(ctx, out, groups, starts, threads)
     if ws.stage(NAME).get("index_built"):
         return spread
     blocks = load(out / "blocks.npy", mmap=False)
-    todo = [AssignTask(j, g, ws.root, rc, 1) for j, g in enumerate(groups.parts)
-            if not _assign_path(ws.root, j, "bounds").exists()]
+    todo = [j for j in range(len(groups.parts)) if not _assign_path(ws.root, j, "bounds").exists()]
     each = ctx.executor.threads_for(len(todo))
-    ctx.executor.run(assign, [AssignTask(t.index, t.parts, t.work, t.cfg, each) for t in todo],
-                     f"{NAME}: assign", "sentences", total=None)
+    ctx.executor.run(assign, [AssignTask(j, groups.parts[j], groups.starts(j, starts["sentences"]), ws.root, rc, each)
+                              for j in todo], f"{NAME}: assign", "sentences")
     tasks = [BlockTask(t, len(groups.parts), ws.root) for t in range(len(blocks) - 1)
              if not block_path(ws.root, t, "offsets").exists()]
     ctx.executor.run(gather_block, tasks, f"{NAME}: sort", "sentences")
@@ -328,8 +324,6 @@ def remove(out: Path, *folders: str) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
     if (m := mirror.active()) is not None:
         for name in folders:
-            rel = m._rel(out / name)
-            if rel:
-                m.sync_up(rel)
+            m.sync_up_path(out / name)
 
 

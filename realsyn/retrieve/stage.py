@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.centroids import TopK, centroid_recall
+from realsyn.centroids import TopK, centroid_recall, seeded_rows
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
@@ -169,9 +169,9 @@ def _process(task: _Task) -> int:
 def _plan(work: Path, starts: np.ndarray, sentence_starts: np.ndarray, cfg: RetrieveConfig, blocks: int) -> list[_Task]:
     """Consecutive parts batched to about `images_per_task` images; a task whose parts all
     exist is skipped (a task always rewrites all its parts, so a resumed run is identical)."""
-    groups = Groups.of(starts, cfg.images_per_task).parts
-    return [_Task(j, g, tuple(int(starts[i]) for i in g), tuple(int(sentence_starts[i]) for i in g), work, cfg, 1, blocks)
-            for j, g in enumerate(groups) if not all(RETRIEVE_PAIRS.path(work, i).exists() for i in g)]
+    groups = Groups.of(starts, cfg.images_per_task)
+    return [_Task(j, g, groups.starts(j, starts), groups.starts(j, sentence_starts), work, cfg, 1, blocks)
+            for j, g in enumerate(groups.parts) if not all(RETRIEVE_PAIRS.path(work, i).exists() for i in g)]
 
 
 def _summary(paths: list[Path]) -> dict:
@@ -200,7 +200,7 @@ def _recall(work: Path, starts: np.ndarray, cfg: RetrieveConfig, seed: int, thre
     random sample of the kept images (drawn among 4 x recall_sample rows, then the kept ones).
     Memory: the sample and one block; the exact search reads the whole index once."""
     out, kept = work / NAME, load(work / NAME / "images_kept.npy")
-    draw = index.seeded_rows(len(kept), min(len(kept), 4 * cfg.recall_sample), seed)
+    draw = seeded_rows(len(kept), min(len(kept), 4 * cfg.recall_sample), seed)
     rows = draw[np.asarray(kept[draw], bool)][:cfg.recall_sample]
     if len(rows) == 0 or _empty_index(out):
         return {"recall_at_k": None, "recall_images": 0}
@@ -239,8 +239,9 @@ def _plan_stage(ctx: Context, out: Path) -> Plan:
     parts not yet done."""
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
-    spread = index.build(ctx, out, n_parts, cpu_count())  # bonuses are in units of the encoder's similarity spread
-    starts, sentence_starts = part_sizes(ws.root, "images", n_parts), part_sizes(ws.root, "sentences", n_parts)
+    first = {kind: part_sizes(ws.root, kind, n_parts) for kind in ("images", "sentences")}
+    spread = index.build(ctx, out, first, cpu_count())  # bonuses are in units of the encoder's similarity spread
+    starts, sentence_starts = first["images"], first["sentences"]
     rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread,
                                          "near_bonus": cfg.retrieve.near_bonus * spread})
     blocks = len(load(out / "blocks.npy", mmap=False)) - 1

@@ -130,6 +130,19 @@ class Mirror:
         if rel and mirrored(rel):
             self.fs.put_file(str(path), self._remote(rel))
 
+    def fetch(self, path: Path) -> None:
+        """Download the workspace file at local `path` when it is missing here (a file another
+        node wrote); a no-op outside the workspace."""
+        rel = self._rel(path)
+        if rel and not path.exists():
+            self.pull_file(rel)
+
+    def sync_up_path(self, path: Path) -> None:
+        """`sync_up` of the workspace folder at local `path` (a no-op outside the workspace)."""
+        rel = self._rel(path)
+        if rel:
+            self.sync_up(rel)
+
     @_store_call
     def pull_file(self, rel: str) -> bool:
         """Download one file (replacing the local copy); False when the store has none."""
