@@ -107,11 +107,29 @@ def _extract_table(kind: str, ids: list[str], docs: list[str], positions: list[i
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
+def plant_duplicates(x: np.ndarray, first: int, every: int) -> np.ndarray:
+    """`x` (rows first.. of the pool) with every `every`-th pool row replaced by a near copy
+    (cosine ~0.999) of a row 1 to 5 before it in the same part; deterministic."""
+    rows = np.arange(len(x))
+    dup = rows[((first + rows) % every == 0) & (rows >= 5)]
+    if not every or not len(dup):
+        return x
+    src = dup - 1 - ((first + dup) // every) % 5
+    noise = np.random.default_rng([7, first]).standard_normal((len(dup), x.shape[1])).astype(np.float32)
+    y = x[src] + 0.05 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    x = x.copy()
+    x[dup] = y / np.linalg.norm(y, axis=1, keepdims=True)
+    return x
+
+
 def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings: Path | None = None,
-                   docs_per_part: int = DOCS_PER_PART) -> dict:
-    """Write the synthetic workspace; returns its counts."""
+                   docs_per_part: int = DOCS_PER_PART, duplicates: int = 0, dedup: bool = True) -> dict:
+    """Write the synthetic workspace; returns its counts. `duplicates`: plant a near copy every
+    that many rows (0: none); `dedup`: write embed's dedup tables (every item kept) and mark embed
+    finished, else leave its semantic dedup to `realsyn embed`."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None)
+    cfg.embed.image_dedup_threshold, cfg.embed.image_dedup_phash = 0.95, "off"  # synthetic images have no pixels
     (root / "config.yaml").write_text(to_yaml(cfg))
     ws = Workspace(root)
     ctx = Context(ws, cfg, make_executor("local", 1), [])
@@ -136,7 +154,8 @@ def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings
             doc_of = [first + (j * len(span)) // max(1, n) for j in range(n)]
             positions = [2 * j + (kind == "images") for j in range(n)]
             EXTRACT[kind].write(root, _extract_table(kind, ids, [f"{d:016x}" for d in doc_of], positions), part)
-            EMBED[kind].write(root, embedding_table(ids, rows[kind].take(n), EMBED[kind].id or "", cfg.embed.dtype), part)
+            x = plant_duplicates(rows[kind].take(n), lo, duplicates)
+            EMBED[kind].write(root, embedding_table(ids, x, EMBED[kind].id or "", cfg.embed.dtype), part)
             all_ids[kind] += ids
             done[kind] = hi
         part += 1
@@ -145,6 +164,8 @@ def make_workspace(root: Path, sentences: int, images: int, dim: int, embeddings
               "images": {"kept": images, "read": images, "reasons": {}, "rejected": 0},
               "sentences": {"kept": sentences, "read": sentences, "reasons": {}, "rejected": 0}}
     ws.finish(extract.NAME, counts, 0.0)
+    if not dedup:
+        return counts
     for kind, ids in all_ids.items():
         EMBED_DEDUP[kind].write(root, pa.table({EMBED_DEDUP[kind].id: pa.array(ids, pa.string()),
                                                 "status": pa.array(["kept"] * len(ids), pa.string()),

@@ -12,7 +12,7 @@ import realsyn
 ROOT = Path(realsyn.__file__).parent
 STAGES = ["extract", "embed", "retrieve", "synth", "balance", "export", "report"]
 # top-level module or package -> layer; within the infrastructure layer modules may use each other
-LAYERS = {"errors": 0, "prompts": 1, "config": 2, **dict.fromkeys(["io", "runtime", "models", "dedup", "centroids", "tables"], 3),
+LAYERS = {"errors": 0, "prompts": 1, "config": 2, **dict.fromkeys(["io", "runtime", "models", "dedup", "centroids", "buckets", "tables"], 3),
           **{s: 4 + i / 10 for i, s in enumerate(STAGES)}, "pipeline": 5, "demo": 5, "console": 5, "train": 6,
           "cli": 7, "realsyn": 8}
 SAME_LAYER_OK = {3}

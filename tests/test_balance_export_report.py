@@ -19,8 +19,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from realsyn.balance import sampling
+from realsyn.balance import phases, sampling
 from realsyn.balance import stage as balance
+from realsyn.centroids import sort_by_group
 from realsyn.config import ConfigError, load_config
 from realsyn.export import stage as export
 from realsyn.export.shards import sample_key
@@ -195,6 +196,42 @@ def test_metaclip_nested_with_the_expected_size():
         assert masks[name].sum() == pytest.approx(sampling.expected_size(np.bincount(labels), cap), rel=0.03)
     kept = sampling.sizes_after(labels, masks["a"], 20)
     assert kept.max() < 1.3 * 300 and kept.min() > 0.7 * 300  # every cluster near t, big ones included
+
+
+def test_streamed_quantiles_equal_numpys():
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 1000, 4321):
+        x = (rng.random(n) - 0.3).astype(np.float32)
+        x[: n // 3] = np.round(x[: n // 3], 2)  # ties
+        qs = [0.0, 0.1, 0.5, 0.95, 1.0, float(rng.random())]
+        halves = [x[: n // 2], x[n // 2:]]
+        assert sampling.streamed_quantiles(lambda h=halves: h, n, qs) == [float(np.quantile(x.astype(np.float64), q)) for q in qs]
+
+
+@pytest.mark.parametrize("method", ["cap", "metaclip"])
+def test_streamed_draw_equals_the_draw_in_memory(method):
+    """The draw per part against per-cluster bounds (`phases`) keeps exactly what the draw over
+    all pairs at once (`sampling.select`) keeps."""
+    labels = _skewed_labels()
+    sizes, caps = np.bincount(labels), {"a": 10, "b": 50, "c": 400}
+    want = sampling.select(labels, sampling.draws(len(labels), 5), caps, method)
+    rows = np.arange(len(labels))
+    order, offsets = sort_by_group(labels, len(sizes))
+    last = np.stack([phases.last_kept(sampling.draws(len(labels), 5)[order], rows[order], offsets, n) for n in caps.values()])
+    for a, e in ((0, 777), (777, 15_000), (15_000, len(labels))):  # three parts
+        got = phases.keep_masks(phases.draws_from(5, a, e - a), rows[a:e], labels[a:e], sizes, caps, method, last)
+        assert all((got[k] == want[k][a:e]).all() for k in caps)
+
+
+def test_steps_in_many_tasks_and_blocks_give_the_same_outputs(done, work, tmp_path, monkeypatch):
+    monkeypatch.setattr(phases, "PAIRS_PER_TASK", 7)
+    monkeypatch.setattr(phases, "BLOCK_PAIRS", 10)
+    root = _copy(work, tmp_path)
+    ctx = context(root)
+    assert balance.run(ctx, balance.stage_key(ctx)) == done["balance"]
+    for name in ("pairs", "clusters", *SCALES):
+        assert pq.read_table(root / "balance" / f"{name}.parquet").equals(pq.read_table(work / "balance" / f"{name}.parquet"))
+    assert not (root / "balance" / balance.STEPS).exists()
 
 
 def test_balance_stage_outputs(done, work):

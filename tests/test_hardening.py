@@ -233,7 +233,7 @@ def test_full_disk_under_a_memory_mapped_write_is_enospc(tmp_path: Path):
         pytest.skip("no unshare")
     disk = tmp_path / "disk"
     disk.mkdir()
-    code = ("import numpy as np, pathlib, sys; from realsyn.retrieve.index import save\n"
+    code = ("import numpy as np, pathlib, sys; from realsyn.buckets import save\n"
             "x = np.ones((100_000, 64), np.float32)\n"
             "try:\n    save(x, pathlib.Path(sys.argv[1]) / 'v.npy')\n"
             "except OSError as e:\n    print('FULL' if e.errno == 28 or 'free space' in str(e) else e, sorted(p.name for p in pathlib.Path(sys.argv[1]).iterdir())); sys.exit(3)\n")

@@ -11,7 +11,7 @@ larger ones:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 import numpy as np
 
@@ -70,3 +70,55 @@ def expected_size(cluster_sizes: np.ndarray, cap: int) -> int:
 def sizes_after(labels: np.ndarray, mask: np.ndarray, n_clusters: int) -> np.ndarray:
     """Cluster sizes among the pairs a mask keeps."""
     return np.bincount(labels[mask], minlength=n_clusters)
+
+
+def _keys(x: np.ndarray) -> np.ndarray:
+    """uint32 keys of float32 values, in the values' order."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return np.where(b >> 31 != 0, ~b, b | np.uint32(1 << 31))
+
+
+def _value(key: int) -> float:
+    bits = key & 0x7FFFFFFF if key >> 31 else ~key & 0xFFFFFFFF
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+def ranked(parts: Callable[[], Iterable[np.ndarray]], ranks: list[int]) -> list[float]:
+    """The values at `ranks` (0 = smallest) of the float32 values that `parts()` streams (it is
+    called twice): a histogram of the keys' high 16 bits finds each rank's bin, one of the low 16
+    bits in those bins its exact value. Memory: 65,536 counts per bin looked at."""
+    high = np.zeros(1 << 16, np.int64)
+    for x in parts():
+        high += np.bincount(_keys(x) >> 16, minlength=1 << 16)
+    cum = np.cumsum(high)
+    bins = [int(np.searchsorted(cum, r, side="right")) for r in ranks]
+    low = {b: np.zeros(1 << 16, np.int64) for b in bins}
+    for x in parts():
+        k = _keys(x)
+        for b, counts in low.items():
+            counts += np.bincount(k[k >> 16 == b] & 0xFFFF, minlength=1 << 16)
+    return [_value(b << 16 | int(np.searchsorted(np.cumsum(low[b]), r - (cum[b - 1] if b else 0), side="right")))
+            for r, b in zip(ranks, bins)]
+
+
+def streamed_quantiles(parts: Callable[[], Iterable[np.ndarray]], n: int, quantiles: list[float]) -> list[float]:
+    """`np.quantile(values, q)` (linear, in float64) of the `n` float32 values `parts()` streams,
+    for each q: the same numbers, without holding the values."""
+    where = [(n - 1) * q for q in quantiles]
+    below = [min(int(np.floor(w)), n - 1) for w in where]
+    need = sorted({i for b in below for i in (b, min(b + 1, n - 1))})
+    at = dict(zip(need, ranked(parts, need)))
+    out = []
+    for w, b in zip(where, below):
+        a, c, t = at[b], at[min(b + 1, n - 1)], w - b if b < n - 1 else 0.0
+        out.append(c - (c - a) * (1 - t) if t >= 0.5 else a + (c - a) * t)
+    return out
+
+
+def quantile_bounds(parts: Callable[[], Iterable[np.ndarray]], n: int, mode: str, lower: float,
+                    upper: float) -> tuple[float, float]:
+    """`band_bounds` of values streamed by `parts()` (see `streamed_quantiles`)."""
+    if mode != "quantile" or n == 0:
+        return band_bounds(np.zeros(0, np.float32), mode, lower, upper)
+    lo, hi = streamed_quantiles(parts, n, [lower, upper])
+    return lo, hi

@@ -1,24 +1,25 @@
 """The embed stage: embeddings of the kept images and sentences, then semantic dedup.
 
 Phase 1 (one task per extract part and modality) writes `embed/images/part-N.parquet` and
-`embed/sentences/part-N.parquet`: ids and L2-normalised embeddings, row-aligned. Phase 2 is a
-global step: it loads the embeddings of one modality (n x d float32), finds neighbours above the
-configured cosine (for images calibrated per encoder by default: `embed/calibrate.py`) with faiss, groups them with union-find and keeps the first of each group;
-`embed/dedup_images.parquet` and `embed/dedup_sentences.parquet` give every embedded item's
+`embed/sentences/part-N.parquet`: ids and L2-normalised embeddings, row-aligned. Phase 2, per
+modality, finds the neighbours above the configured cosine (for images calibrated per encoder by
+default: `embed/calibrate.py`), groups them with union-find and keeps the first of each group:
+one exact search in the driver for small pools, SemDeDup's per-cluster search as executor tasks
+beyond (`embed/semantic.py`); `embed/dedup_images.parquet` and `embed/dedup_sentences.parquet` give every embedded item's
 status, reason (`semantic_duplicate`) and the id it duplicates (`dup_of`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from realsyn.dedup import semantic_duplicates
+from realsyn.buckets import part_sizes
+from realsyn.embed import semantic
 from realsyn.embed.calibrate import copy_cosines, pair_cosines, threshold
+from realsyn.embed.semantic import Gate
 from realsyn.extract import stage as extract
 from realsyn.models.registry import spec_files
 from realsyn.runtime.context import Context
@@ -31,7 +32,6 @@ from realsyn.tables import (
     EXTRACT_IMAGES,
     EXTRACT_SENTENCES,
     embedding_table,
-    read_embeddings,
 )
 
 NAME = "embed"
@@ -133,29 +133,12 @@ def _image_threshold(ctx: Context, n_parts: int) -> float:
     return float(ctx.ws.stage(NAME)["image_dedup_threshold"])
 
 
-def _phash_gate(ctx: Context, n_parts: int) -> np.ndarray | None:
-    """pHash of every kept image in embed row order when the config gates image dedup by it."""
+def _gate(ctx: Context) -> Gate | None:
+    """The pHash gate of image dedup, when the config asks for it."""
     gate, joint = ctx.cfg.embed.image_dedup_phash, ctx.cfg.models.joint
     if gate == "off" or (gate == "auto" and joint.split(":")[0] != "bridge"):
         return None
-    return np.concatenate([EXTRACT_IMAGES.kept(ctx.ws.root, i, ["phash"])["phash"].fill_null(0)
-                           .to_numpy().astype(np.int64) for i in range(n_parts)] or [np.zeros(0, np.int64)])
-
-
-def _dedup(out: Path, kind: str, n_parts: int, threshold: float, seed: int, phash: np.ndarray | None = None,
-           max_phash: int = 64) -> Counter:
-    id_col = KINDS[kind]
-    ids, emb = read_embeddings([out / kind / part_name(i) for i in range(n_parts)], id_col)
-    group = semantic_duplicates(emb, threshold, seed, phash, max_phash) if threshold <= 1 else np.arange(len(ids))
-    dup = group != np.arange(len(ids))
-    table = pa.table({
-        id_col: pa.array(ids, pa.string()),
-        "status": pa.array(np.where(dup, "rejected", "kept").tolist(), pa.string()),
-        "reason": pa.array([("semantic_duplicate" if d else None) for d in dup], pa.string()),
-        "dup_of": pa.array([ids[g] if d else None for g, d in zip(group, dup)], pa.string()),
-    })
-    write_table(table, out / f"dedup_{kind}.parquet")
-    return Counter({"kept": int((~dup).sum()), "rejected:semantic_duplicate": int(dup.sum())})
+    return Gate(ctx.cfg.embed.image_dedup_phash_bits)
 
 
 def _plan(ctx: Context, out: Path) -> Plan:
@@ -172,10 +155,13 @@ def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     """Semantic dedup per modality (the image threshold calibrated first, with `auto`)."""
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
-    image_threshold = _image_threshold(ctx, n_parts)
-    counts = {"images": summarize(_dedup(out, "images", n_parts, image_threshold, cfg.runtime.seed,
-                                         _phash_gate(ctx, n_parts), cfg.embed.image_dedup_phash_bits)),
-              "sentences": summarize(_dedup(out, "sentences", n_parts, cfg.embed.sentence_dedup_threshold, cfg.runtime.seed))}
+    thresholds = {"images": _image_threshold(ctx, n_parts), "sentences": cfg.embed.sentence_dedup_threshold}
+    counts, how = {}, {}
+    for kind, cosine in thresholds.items():
+        found, how[kind] = semantic.dedup(ctx, kind, part_sizes(ws.root, kind, n_parts), cosine,
+                                          _gate(ctx) if kind == "images" else None)
+        counts[kind] = summarize(found)
+    counts["semantic_dedup"] = how
     if cfg.embed.image_dedup_threshold == "auto":
         counts.update({k: ws.stage(NAME)[k] for k in ("image_dedup_threshold", "image_dedup_calibration")})
     return counts

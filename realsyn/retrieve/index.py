@@ -24,7 +24,6 @@ kept flags it streams; a task holds its parts' vectors, or one block twice (abou
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,38 +35,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows, sort_by_group
+from realsyn.buckets import Groups, done, embed_part, gather, load, plan_blocks, read_rows, remove, save, write_sorted
+from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows
 from realsyn.config import RetrieveConfig
-from realsyn.runtime import mirror
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.workspace import atomic_path
-from realsyn.tables import EMBED, EMBED_DEDUP, EXTRACT_SENTENCES, read_embeddings
+from realsyn.tables import EMBED_DEDUP, EXTRACT_SENTENCES
 
 NAME = "retrieve"
 TEXT_COLUMNS = ["sentence_id", "doc_id", "position", "text"]
 TEXT_SCHEMA = pa.schema([(c, pa.int32() if c == "position" else pa.string()) for c in TEXT_COLUMNS])
 SPREAD_TEXTS = 4096  # texts sampled for the encoder's similarity spread
-
-
-def save(arr: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
-
-
-def local(path: Path) -> Path:
-    """`path`; with a URL workspace on a Ray cluster, downloaded first when another node wrote it."""
-    if (m := mirror.active()) is not None:
-        m.fetch(path)
-    return path
-
-
-def load(path: Path, mmap: bool = True) -> np.ndarray:
-    """An .npy file (a read-only memmap unless `mmap` is False; a plain load when empty)."""
-    path = local(path)
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError:
-        return np.load(path, allow_pickle=False)
 
 
 def kept_flags(dedup: Path, out: Path, batch: int = 1 << 20) -> int:
@@ -82,83 +60,16 @@ def kept_flags(dedup: Path, out: Path, batch: int = 1 << 20) -> int:
     return n
 
 
-def part_sizes(work: Path, kind: str, n_parts: int) -> np.ndarray:
-    """Rows of each embed part (from parquet metadata), as start offsets (n_parts + 1)."""
-    sizes = [pq.ParquetFile(EMBED[kind].path(work, i)).metadata.num_rows for i in range(n_parts)]
-    return np.r_[0, np.cumsum(sizes)].astype(np.int64)
-
-
 def kept_part(work: Path, kind: str, index: int, start: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids, embeddings (embed dtype) and kept flags of one embed part."""
-    ids, emb = read_embeddings([EMBED[kind].path(work, index)], "image_id" if kind == "images" else "sentence_id", None)
-    mask = np.asarray(load(work / NAME / f"{kind}_kept.npy")[start:start + len(ids)])
-    return ids, emb, mask
-
-
-@dataclass(frozen=True)
-class Groups:
-    """Consecutive parts in groups of about `size` items: group j is parts[j] (a tuple)."""
-
-    parts: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def of(cls, starts: np.ndarray, size: int) -> Groups:
-        groups: list[list[int]] = []
-        filled = size
-        for i in range(len(starts) - 1):
-            if filled >= size:
-                groups.append([])
-                filled = 0
-            groups[-1].append(i)
-            filled += int(starts[i + 1] - starts[i])
-        return cls(tuple(tuple(g) for g in groups))
-
-    def starts(self, j: int, first: np.ndarray) -> tuple[int, ...]:
-        """`first[i]` of each part i of group j (e.g. its first embed row)."""
-        return tuple(int(first[i]) for i in self.parts[j])
-
-
-@dataclass(frozen=True)
-class SampleTask:
-    index: int
-    parts: tuple[int, ...]
-    starts: tuple[int, ...]  # first embed row of each part
-    work: Path
-    rows: tuple[np.ndarray, ...]  # wanted pool rows (sorted) of each sample, within these parts
-
-
-def read_sample(task: SampleTask) -> tuple[int, list[np.ndarray]]:
-    """(task index, the wanted pool rows of the task's parts per sample, in the embed dtype)."""
-    pool = load(task.work / NAME / "parts.npy", mmap=False)
-    got: list[list[np.ndarray]] = [[] for _ in task.rows]
-    for i, start in zip(task.parts, task.starts):
-        _, emb, mask = kept_part(task.work, "sentences", i, start)
-        kept = emb[mask]
-        for out, rows in zip(got, task.rows):
-            out.append(kept[rows[(rows >= pool[i]) & (rows < pool[i + 1])] - pool[i]])
-    return task.index, [np.concatenate(g) for g in got]
+    return embed_part(work, kind, index, start, work / NAME / f"{kind}_kept.npy")
 
 
 def sample_pool(ctx: Context, groups: Groups, starts: np.ndarray, wanted: list[np.ndarray]) -> list[np.ndarray]:
-    """Each array of pool rows, read by one task per group of parts, in row order (embed dtype:
-    the k-means code widens batches, never the whole sample). `starts`: the sentence parts'
-    first embed rows."""
-    pool = load(ctx.ws.dir(NAME) / "parts.npy", mmap=False)
-    tasks = [SampleTask(j, parts, groups.starts(j, starts), ctx.ws.root,
-                        tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted))
-             for j, parts in enumerate(groups.parts)]
-    results = dict(ctx.executor.map(read_sample, tasks))
-    return [np.concatenate([results[j][s] for j in range(len(tasks))]) if tasks
-            else np.zeros((0, 1), np.float32) for s in range(len(wanted))]
-
-
-def plan_blocks(labels: np.ndarray, clusters: int, n: int, per_block: int) -> np.ndarray:
-    """Consecutive cluster ranges of about `per_block` pool rows, estimated from the sample's
-    labels: block T is clusters [blocks[T], blocks[T + 1])."""
-    counts = np.bincount(labels, minlength=clusters) * (n / max(1, len(labels)))
-    cum = np.cumsum(counts)
-    cuts = np.searchsorted(cum, np.arange(per_block, cum[-1] if len(cum) else 0, per_block), side="right") + 1
-    return np.unique(np.r_[0, cuts, clusters].clip(0, clusters)).astype(np.int64)
+    """Each array of pool rows (kept sentences), in row order, in the embed dtype."""
+    out = ctx.ws.dir(NAME)
+    return read_rows(ctx, "sentences", groups, starts, load(out / "parts.npy", mmap=False), wanted,
+                     out / "sentences_kept.npy")
 
 
 def train(ctx: Context, out: Path, groups: Groups, starts: dict[str, np.ndarray], threads: int) -> float:
@@ -218,8 +129,8 @@ class AssignTask:
     threads: int
 
 
-def _assign_path(work: Path, j: int, what: str) -> Path:
-    return work / NAME / "assign" / f"s-{j:05d}.{what}.npy"
+def _assign_prefix(work: Path, j: int) -> Path:
+    return work / NAME / "assign" / f"s-{j:05d}"
 
 
 def assign(task: AssignTask) -> int:
@@ -239,12 +150,7 @@ def assign(task: AssignTask) -> int:
     x = np.concatenate(vecs)
     rows = np.arange(pool[task.parts[0]], pool[task.parts[-1] + 1], dtype=np.int64)
     labels = open_centroids(out, task.cfg).nearest(x, 1, task.threads).idx[:, 0] if len(x) else np.zeros(0, np.int64)
-    order = np.argsort(labels, kind="stable")
-    save(x[order], _assign_path(task.work, task.index, "vectors"))
-    save(rows[order], _assign_path(task.work, task.index, "rows"))
-    save(labels[order].astype(np.int32), _assign_path(task.work, task.index, "labels"))
-    bounds = np.searchsorted(labels[order], blocks).astype(np.int64)
-    save(bounds, _assign_path(task.work, task.index, "bounds"))  # last: marks the task done
+    write_sorted(_assign_prefix(task.work, task.index), x, rows, labels, blocks)
     return len(x)
 
 
@@ -262,21 +168,11 @@ def block_path(work: Path, t: int, what: str) -> Path:
 def gather_block(task: BlockTask) -> int:
     """Phase 4 for one block: its rows of every assign output, sorted by cluster."""
     blocks = load(task.work / NAME / "blocks.npy", mmap=False)
-    lo, hi = int(blocks[task.index]), int(blocks[task.index + 1])
-    vecs, rows, labels = [], [], []
-    for j in range(task.sources):
-        b = load(_assign_path(task.work, j, "bounds"), mmap=False)
-        a, e = int(b[task.index]), int(b[task.index + 1])
-        vecs.append(np.array(load(_assign_path(task.work, j, "vectors"))[a:e]))
-        rows.append(np.array(load(_assign_path(task.work, j, "rows"))[a:e]))
-        labels.append(np.array(load(_assign_path(task.work, j, "labels"))[a:e]))
-    lab = np.concatenate(labels).astype(np.int64) - lo
-    order, offsets = sort_by_group(lab, hi - lo)
-    x = np.concatenate(vecs)
-    save(x[order], block_path(task.work, task.index, "vectors"))
-    save(np.concatenate(rows)[order], block_path(task.work, task.index, "rows"))
+    x, rows, offsets, _ = gather([_assign_prefix(task.work, j) for j in range(task.sources)], blocks, task.index)
+    save(x, block_path(task.work, task.index, "vectors"))
+    save(rows, block_path(task.work, task.index, "rows"))
     save(offsets, block_path(task.work, task.index, "offsets"))  # last: marks the block done
-    return len(order)
+    return len(rows)
 
 
 def build(ctx: Context, out: Path, starts: dict[str, np.ndarray], threads: int) -> float:
@@ -298,7 +194,7 @@ def build(ctx: Context, out: Path, starts: dict[str, np.ndarray], threads: int) 
     if ws.stage(NAME).get("index_built"):
         return spread
     blocks = load(out / "blocks.npy", mmap=False)
-    todo = [j for j in range(len(groups.parts)) if not _assign_path(ws.root, j, "bounds").exists()]
+    todo = [j for j in range(len(groups.parts)) if not done(_assign_prefix(ws.root, j))]
     each = ctx.executor.threads_for(len(todo))
     ctx.executor.run(assign, [AssignTask(j, groups.parts[j], groups.starts(j, starts["sentences"]), ws.root, rc, each)
                               for j in todo], f"{NAME}: assign", "sentences")
@@ -316,14 +212,3 @@ def iter_blocks(out: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     for t in range(len(blocks) - 1):
         work = out.parent
         yield int(blocks[t]), load(block_path(work, t, "vectors")), load(block_path(work, t, "rows"))
-
-
-def remove(out: Path, *folders: str) -> None:
-    """Delete intermediate folders (and, with a URL workspace, their copies in the store)."""
-    for name in folders:
-        shutil.rmtree(out / name, ignore_errors=True)
-    if (m := mirror.active()) is not None:
-        for name in folders:
-            m.sync_up_path(out / name)
-
-

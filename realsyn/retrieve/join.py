@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from realsyn.buckets import load, local, save
 from realsyn.centroids import TopK, empty_topk, grouped_topk, merge_topk
 from realsyn.config import RetrieveConfig
-from realsyn.retrieve.index import NAME, block_path, iter_blocks, kept_part, load, local, open_centroids, save
+from realsyn.retrieve.index import NAME, block_path, iter_blocks, kept_part, open_centroids
 from realsyn.retrieve.search import exact_topk
 from realsyn.runtime.workspace import atomic_path
 

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from realsyn.buckets import Groups, load, local, part_sizes, remove, save
 from realsyn.centroids import TopK, centroid_recall, seeded_rows
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
 from realsyn.retrieve import index, join, uses
-from realsyn.retrieve.index import Groups, load, part_sizes, save
 from realsyn.retrieve.search import Scope, apply_scope, document_topk, recall_at_k
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
@@ -71,7 +71,7 @@ def _part_images(work: Path, index: int, start: int) -> tuple[pa.Table, np.ndarr
 
 def _part_texts(work: Path, part: int) -> pa.Table:
     """The kept sentences of one part (sentence_id, doc_id, position, text), memory-mapped."""
-    path = index.local(work / NAME / "texts" / f"part-{part:05d}.arrow")
+    path = local(work / NAME / "texts" / f"part-{part:05d}.arrow")
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
@@ -261,7 +261,7 @@ def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     ws, cfg = ctx.ws, ctx.cfg
     starts, spread = plan.info
     _cap_uses(ctx, out)
-    index.remove(out, "queries", "join")
+    remove(out, "queries", "join")
     stage = ws.stage(NAME)
     counts = {**_summary(RETRIEVE_PAIRS.parts(ws.root)), "sentences": stage["sentences"], "clusters": stage["clusters"],
               "blocks": stage["blocks"], "sim_spread": spread,
