@@ -15,10 +15,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from realsyn.centroids import sort_by_group
+from realsyn.centroids import CentroidIndex, sort_by_group
 from realsyn.runtime import mirror
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import atomic_path
@@ -130,9 +131,26 @@ def read_rows(ctx: Context, kind: str, groups: Groups, starts: np.ndarray, pool:
             else np.zeros((0, 1), np.float32) for s in range(len(wanted))]
 
 
-def plan_blocks(labels: np.ndarray, clusters: int, n: int, per_block: int) -> np.ndarray:
-    """Consecutive cluster ranges of about `per_block` pool rows, estimated from a sample's
-    labels: block T is clusters [blocks[T], blocks[T + 1])."""
+def save_index(index: CentroidIndex, folder: Path) -> None:
+    """`centroids.npy`, `cells.npy` and, with an HNSW router, `router.npy` (serialised)."""
+    if index.router is not None:
+        save(faiss.serialize_index(index.router), folder / "router.npy")
+    save(index.cells, folder / "cells.npy")
+    save(index.centroids, folder / "centroids.npy")
+
+
+def open_index(folder: Path, ef: int = 32) -> CentroidIndex:
+    """The index `save_index` wrote."""
+    router = faiss.deserialize_index(load(folder / "router.npy", mmap=False)) if (folder / "router.npy").exists() else None
+    return CentroidIndex(load(folder / "centroids.npy", mmap=False), load(folder / "cells.npy", mmap=False), router, ef)
+
+
+def plan_blocks(index: CentroidIndex, sample: np.ndarray, n: int, per_block: int, threads: int = 0) -> np.ndarray:
+    """Consecutive cluster ranges of about `per_block` of the pool's `n` rows, estimated from
+    the clusters of (at most 65,536 rows of) the sample: block T is clusters
+    [blocks[T], blocks[T + 1])."""
+    labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1, threads).idx[:, 0] if len(sample) else np.zeros(0, np.int64)
+    clusters = len(index.centroids)
     counts = np.bincount(labels, minlength=clusters) * (n / max(1, len(labels)))
     cum = np.cumsum(counts)
     cuts = np.searchsorted(cum, np.arange(per_block, cum[-1] if len(cum) else 0, per_block), side="right") + 1

@@ -22,15 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.balance.sampling import IN_BAND, band_position
-from realsyn.buckets import gather, load, save, write_sorted
-from realsyn.centroids import CentroidIndex
+from realsyn.buckets import gather, load, open_index, save, write_sorted
 from realsyn.tables import EMBED, RETRIEVE_PAIRS, SYNTH, read_embeddings
 
 OK, NO_SYNTH, NO_EMBEDDING = 0, 1, 2  # scan codes (balance.stage.REASONS indexes)
@@ -119,18 +117,6 @@ def sample(task: Sample) -> tuple[int, np.ndarray]:
         if len(rows):
             got.append(band_embeddings(task.work, task.folder, part, task.bounds)[rows])
     return task.index, np.concatenate(got) if got else np.zeros((0, 0), np.float32)
-
-
-def save_index(index: CentroidIndex, folder: Path) -> None:
-    if index.router is not None:
-        save(faiss.serialize_index(index.router), folder / "router.npy")
-    save(index.cells, folder / "cells.npy")
-    save(index.centroids, folder / "centroids.npy")  # last: marks the fit done
-
-
-def open_index(folder: Path, ef: int) -> CentroidIndex:
-    router = faiss.deserialize_index(load(folder / "router.npy", mmap=False)) if (folder / "router.npy").exists() else None
-    return CentroidIndex(load(folder / "centroids.npy", mmap=False), load(folder / "cells.npy", mmap=False), router, ef)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from realsyn.balance import phases, sampling
-from realsyn.buckets import Groups, load, plan_blocks, remove, save
+from realsyn.buckets import Groups, load, plan_blocks, remove, save, save_index
 from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows
 from realsyn.config import BalanceConfig
 from realsyn.runtime.context import Context, PipelineError
@@ -71,7 +71,7 @@ def _groups(cl: Clusters) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 def _fit(ctx: Context, cl: Clusters) -> None:
     """The k-means of the band's images on a seeded sample, and the blocks of clusters."""
     bc, seed, n = ctx.cfg.balance, ctx.cfg.runtime.seed, int(cl.first[-1])
-    if (cl.folder / "centroids.npy").exists() or n == 0:
+    if (cl.folder / "blocks.npy").exists() or n == 0:
         return
     k = min(n, bc.clusters or auto_clusters(n, bc.pairs_per_cluster))
     pick = seeded_rows(n, min(n, max(k, min(bc.max_train, 256 * k))), seed)  # never fewer points than clusters
@@ -79,9 +79,8 @@ def _fit(ctx: Context, cl: Clusters) -> None:
     got = dict(ctx.executor.map(phases.sample, tasks))
     sample = np.concatenate([got[j] for j in range(len(tasks)) if len(got[j])])
     index = CentroidIndex.train(sample, k, mode=bc.index, niter=bc.niter, seed=seed, ef=bc.hnsw_ef)
-    labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1).idx[:, 0]
-    save(plan_blocks(labels, len(index.centroids), n, phases.BLOCK_PAIRS), cl.folder / "blocks.npy")
-    phases.save_index(index, cl.folder)
+    save_index(index, cl.folder)
+    save(plan_blocks(index, sample, n, phases.BLOCK_PAIRS), cl.folder / "blocks.npy")  # last: marks the fit done
 
 
 def prepare(ctx: Context, folder: Path, bucketed: bool = True) -> Clusters:

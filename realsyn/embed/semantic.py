@@ -24,13 +24,25 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from realsyn.buckets import Groups, done, embed_part, gather, load, plan_blocks, read_rows, remove, save, write_sorted
+from realsyn.buckets import (
+    Groups,
+    done,
+    embed_part,
+    gather,
+    load,
+    open_index,
+    plan_blocks,
+    read_rows,
+    remove,
+    save,
+    save_index,
+    write_sorted,
+)
 from realsyn.centroids import CentroidIndex, auto_clusters, f32, seeded_rows
 from realsyn.dedup import cluster_keep_first, semantic_duplicates
 from realsyn.runtime.context import Context
@@ -99,8 +111,7 @@ class _Assign:
 def _assign(task: _Assign) -> int:
     """Phase 2 for one group of parts."""
     root = _prefix(task.work, task.kind)
-    router = faiss.deserialize_index(load(root / "router.npy", mmap=False)) if (root / "router.npy").exists() else None
-    index = CentroidIndex(load(root / "centroids.npy", mmap=False), load(root / "cells.npy", mmap=False), router)
+    index = open_index(root)
     x = np.concatenate([embed_part(task.work, task.kind, i, s)[1] for i, s in zip(task.parts, task.starts)])
     rows = np.arange(task.starts[0], task.starts[0] + len(x), dtype=np.int64)
     labels = index.nearest(x, 1, task.threads).idx[:, 0]
@@ -192,12 +203,8 @@ def _train(ctx: Context, kind: str, groups: Groups, starts: np.ndarray) -> None:
     clusters = auto_clusters(n, CLUSTER_ROWS)
     (sample,) = read_rows(ctx, kind, groups, starts, starts, [seeded_rows(n, min(MAX_TRAIN, 256 * clusters), seed)])
     index = CentroidIndex.train(sample, clusters, seed=seed)
-    labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1).idx[:, 0]
-    save(index.centroids, root / "centroids.npy")
-    save(index.cells, root / "cells.npy")
-    if index.router is not None:
-        save(faiss.serialize_index(index.router), root / "router.npy")
-    save(plan_blocks(labels, len(index.centroids), n, BLOCK_ROWS), root / "blocks.npy")  # last: marks it done
+    save_index(index, root)
+    save(plan_blocks(index, sample, n, BLOCK_ROWS), root / "blocks.npy")  # last: marks it done
 
 
 def clustered_pairs(ctx: Context, kind: str, starts: np.ndarray, threshold: float, gate: Gate | None

@@ -29,13 +29,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.buckets import Groups, done, embed_part, gather, load, plan_blocks, read_rows, remove, save, write_sorted
+from realsyn.buckets import (
+    Groups,
+    done,
+    embed_part,
+    gather,
+    load,
+    open_index,
+    plan_blocks,
+    read_rows,
+    remove,
+    save,
+    save_index,
+    write_sorted,
+)
 from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows
 from realsyn.config import RetrieveConfig
 from realsyn.runtime.context import Context, PipelineError
@@ -89,16 +101,11 @@ def train(ctx: Context, out: Path, groups: Groups, starts: dict[str, np.ndarray]
     spread = round(similarity_spread(_image_sample(ctx, rng, starts["images"]), texts), 6)  # as the manifest keeps it, for resume
     if n:
         index = CentroidIndex.train(sample, clusters, mode=rc.index, niter=rc.niter, seed=seed, ef=rc.hnsw_ef)
-        labels = index.nearest(sample[::max(1, len(sample) // 65536)], 1, threads).idx[:, 0]  # block sizes: an estimate
     else:
         index = CentroidIndex.of(np.zeros((0, 1), np.float32), np.zeros(1, np.int64))
-        labels = np.zeros(0, np.int64)
-    save(index.centroids, out / "centroids.npy")
-    save(index.cells, out / "cells.npy")
-    if index.router is not None:
-        save(faiss.serialize_index(index.router), out / "router.npy")
+    save_index(index, out)
     ctx.ws.note(NAME, sentences=n, clusters=len(index.centroids), sim_spread=spread)
-    save(plan_blocks(labels, len(index.centroids), n, rc.block_sentences), out / "blocks.npy")  # last: marks it done
+    save(plan_blocks(index, sample if n else sample[:0], n, rc.block_sentences, threads), out / "blocks.npy")  # last: marks it done
     return spread
 
 
@@ -115,8 +122,7 @@ def _image_sample(ctx: Context, rng: np.random.Generator, starts: np.ndarray, si
 
 
 def open_centroids(out: Path, rc: RetrieveConfig) -> CentroidIndex:
-    router = faiss.deserialize_index(load(out / "router.npy", mmap=False)) if (out / "router.npy").exists() else None
-    return CentroidIndex(load(out / "centroids.npy", mmap=False), load(out / "cells.npy", mmap=False), router, rc.hnsw_ef)
+    return open_index(out, rc.hnsw_ef)
 
 
 @dataclass(frozen=True)
