@@ -7,11 +7,13 @@ embeddings in ../shared/bench/embeddings.py, or `--embeddings DIR` with sentence
 images.npy, memory-mapped), every item kept, and a manifest marking extract and embed finished.
 Memory: one part at a time.
 
-`--json [--sizes 1M,4M]` makes a workspace per size (images = N / 8; clusters ~ N / 400 by the
-config's default, as in the paper), runs `realsyn retrieve` on it in its own process and reports
-per size: seconds of the index build and of the search, seconds per sentence indexed and per image
-searched, recall@3 against exact search (the manifest's), the centroid step's recall where the
-HNSW router is used, and the peak RSS of the driver and of the largest worker (polled).
+`--json [--sizes 1M,4M]` makes a workspace per size (images = N / 8, a near-copy planted every 20
+rows; clusters ~ N / 400 by the config's default, as in the paper), runs `realsyn embed` (its
+semantic dedup), `realsyn retrieve` and `realsyn balance` on it, each in its own process, and
+reports per size and step: seconds, seconds per item (sentence indexed, image searched, pair
+balanced), recall (retrieve's recall@3 against exact search, the centroid step's where the HNSW
+router is used, dedup's pair recall against exact search), and the peak RSS of the driver and of
+the largest worker (polled); then the ratios of the last size to the first.
 
     python benchmarks/scale.py make-workspace DIR --sentences N --images M [--dim D] [--embeddings DIR]
     python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--json]
@@ -181,31 +183,70 @@ def _size(text: str) -> int:
     return int(float(text.rstrip("KM")) * scale)
 
 
+DUPLICATE_EVERY = 20  # a planted near-copy every 20 rows of each modality (5%)
+STEPS = ("embed", "retrieve", "balance")
+
+
+def _run_stage(root: Path, name: str, workers: int, sets: tuple[str, ...]) -> dict:
+    """`realsyn NAME --out ROOT` in its own process: wall seconds, peak RSS and the manifest's entry."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    started = time.time()
+    peaks = run_watched([sys.executable, "-m", "realsyn.cli", name, "--out", str(root), "--quiet",
+                         "--workers", str(workers), *[a for s in sets for a in ("--set", s)]], env)
+    stage = json.loads((root / "manifest.json").read_text())["stages"][name]
+    return {"wall_seconds": round(time.time() - started, 1), "stage": stage, **peaks}
+
+
+def _skip_synth(root: Path) -> None:
+    """Mark synth finished with no output (every pair counts as having a synthetic text)."""
+    from realsyn.synth import stage as synth
+
+    ws = Workspace(root)
+    ctx = Context(ws, load_config(root / "config.yaml"), make_executor("local", 1), [])
+    ws.begin(synth.NAME, synth.STAGE.key(ctx))
+    ws.finish(synth.NAME, {}, 0.0)
+
+
 def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = ()) -> dict:
-    """A synthetic workspace of `sentences` (images = sentences / 8), then `realsyn retrieve`
-    in its own process: the stage's figures and the peak RSS of the process tree."""
+    """A synthetic workspace of `sentences` (images = sentences / 8, a near-copy planted every
+    DUPLICATE_EVERY rows), then embed's semantic dedup, retrieve and balance, each
+    `realsyn STAGE` in its own process: the stages' figures and the peak RSS of each process tree."""
     images = max(1, sentences // 8)
     with tempfile.TemporaryDirectory(prefix="realsyn-scale-") as tmp:
         root = Path(tmp) / "work"
         started = time.time()
-        make_workspace(root, sentences, images, dim)
+        make_workspace(root, sentences, images, dim, duplicates=DUPLICATE_EVERY, dedup=False)
         made = time.time() - started
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        started = time.time()
-        peaks = run_watched([sys.executable, "-m", "realsyn.cli", "retrieve", "--out", str(root), "--quiet",
-                             "--workers", str(workers), *[a for s in sets for a in ("--set", s)]], env)
-        wall = time.time() - started
-        stage = json.loads((root / "manifest.json").read_text())["stages"]["retrieve"]
-    counts = stage["counts"]
-    build = stage.get("index_seconds", 0.0)
-    search = stage["seconds"] - build
-    return {"sentences": sentences, "images": images, "dim": dim, "clusters": counts["clusters"], "set": list(sets),
-            "workspace_seconds": round(made, 1), "retrieve_wall_seconds": round(wall, 1),
-            "index_seconds": round(build, 2), "search_seconds": round(search, 2),
-            "index_us_per_sentence": round(1e6 * build / sentences, 3),
-            "search_us_per_image": round(1e6 * search / images, 3),
-            "recall_at_k": counts.get("recall_at_k"), "centroid_recall": counts.get("centroid_recall"),
-            "blocks": counts.get("blocks"), **peaks}
+        runs = {}
+        for name in STEPS:
+            if name == "balance":
+                _skip_synth(root)
+            runs[name] = _run_stage(root, name, workers, sets)
+    peaks = ("driver_peak_rss_mib", "worker_peak_rss_mib")
+    embed, retrieve, balance = (runs[n]["stage"] for n in STEPS)
+    build = retrieve.get("index_seconds", 0.0)
+    search = retrieve["seconds"] - build
+    counts = retrieve["counts"]
+    pairs = balance["counts"]["pairs"]["read"]
+    return {"sentences": sentences, "images": images, "dim": dim, "set": list(sets), "workspace_seconds": round(made, 1),
+            "dedup": {"seconds": embed["seconds"], "us_per_item": round(1e6 * embed["seconds"] / (sentences + images), 3),
+                      "how": embed["counts"]["semantic_dedup"],
+                      "duplicates": {k: embed["counts"][k]["rejected"] for k in ("sentences", "images")},
+                      **{k: runs["embed"][k] for k in peaks}},
+            "retrieve": {"clusters": counts["clusters"], "blocks": counts.get("blocks"), "wall_seconds": runs["retrieve"]["wall_seconds"],
+                         "index_seconds": round(build, 2), "search_seconds": round(search, 2),
+                         "index_us_per_sentence": round(1e6 * build / sentences, 3),
+                         "search_us_per_image": round(1e6 * search / images, 3),
+                         "recall_at_k": counts.get("recall_at_k"), "centroid_recall": counts.get("centroid_recall"),
+                         **{k: runs["retrieve"][k] for k in peaks}},
+            "balance": {"seconds": balance["seconds"], "pairs": pairs, "clusters": balance["counts"]["clusters"],
+                        "us_per_pair": round(1e6 * balance["seconds"] / max(1, pairs), 3),
+                        **{k: runs["balance"][k] for k in peaks}}}
+
+
+RATIOS = {"dedup": ("us_per_item", "driver_peak_rss_mib", "worker_peak_rss_mib"),
+          "retrieve": ("index_us_per_sentence", "search_us_per_image", "driver_peak_rss_mib", "worker_peak_rss_mib"),
+          "balance": ("us_per_pair", "driver_peak_rss_mib", "worker_peak_rss_mib")}
 
 
 def main() -> None:
@@ -227,11 +268,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="a config override for retrieve, e.g. retrieve.nprobe=2")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    runs = [measure(_size(s), a.dim, a.workers, tuple(a.set)) for s in a.sizes.split(",")]
+    runs = []
+    for size in a.sizes.split(","):
+        runs.append(measure(_size(size), a.dim, a.workers, tuple(a.set)))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # each size as it ends: a long sweep shows progress
     first, last = runs[0], runs[-1]
     out = {"runs": runs, "ratios_last_to_first": {
-        k: round(last[k] / first[k], 3) for k in ("driver_peak_rss_mib", "worker_peak_rss_mib", "index_us_per_sentence",
-                                                  "search_us_per_image") if first[k]}}
+        step: {k: round(last[step][k] / first[step][k], 3) for k in keys if first[step][k]} for step, keys in RATIOS.items()}}
     print(json.dumps(out, indent=None if a.json else 2))
 
 

@@ -156,17 +156,19 @@ for _name in pipeline.NAMES[1:]:
 @app.command()
 def balance(out: str = OutOpt, dry_run: bool = typer.Option(False, "--dry-run", help="Only print the size each scale would get."),
             cap: list[int] | None = typer.Option(None, "--cap", help="With --dry-run: also show the size of this cap (repeatable)."),
-            config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, quiet: bool = QuietOpt,
+            config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+            executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
             as_json: bool = JsonOpt) -> None:
     """Run the balance stage (similarity band, k-means, capped draw per named scale)."""
     from realsyn.balance import stage as balance_stage
 
     def go() -> None:
-        ctx = _context(out, config, set_, None, None, quiet)
+        ctx = _context(out, config, set_, executor, workers, quiet)
         if not dry_run:
             return _one_stage("balance", ctx, as_json)
         pipeline.check_upstream(ctx, "balance")
-        balance_stage.dry_run(ctx, cap or (), echo=typer.echo)
+        with ctx.executor:
+            balance_stage.dry_run(ctx, cap or (), echo=typer.echo)
 
     guard(go)
 
