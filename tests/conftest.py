@@ -33,6 +33,20 @@ def data_dir() -> Path:
     return DATA
 
 
+ZIM_RUN = ("--quiet", "--set", "extract.sentences.perplexity=false")  # perplexity is tested in test_filters.py
+
+
+@pytest.fixture(scope="session")
+def zim_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`realsyn run` on the Wikipedia ZIM, every stage, once per session (end-to-end checks and
+    the real-text checks read it; none of them changes it)."""
+    from run_cli import realsyn
+
+    root = tmp_path_factory.mktemp("zim-run") / "work"
+    realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(root), *ZIM_RUN)
+    return root
+
+
 @pytest.fixture(scope="session")
 def s3_env() -> dict[str, str]:
     """A real S3 endpoint on loopback (moto's server, speaking the S3 protocol over HTTP) with a

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from conftest import ZIM_RUN
 from PIL import Image
 from run_cli import realsyn
 
@@ -26,11 +27,8 @@ STOP = {"a", "an", "the", "of", "or", "and", "photo", "in", "on", "with", "to", 
 
 
 @pytest.fixture(scope="module")
-def work(data_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("e2e") / "work"
-    realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(root), "--quiet",
-            "--set", "extract.sentences.perplexity=false")
-    return root
+def work(zim_run) -> Path:
+    return zim_run
 
 
 def _tars(folder: Path) -> list[str]:
@@ -48,8 +46,7 @@ def test_every_stage_is_done_and_a_rerun_does_nothing(work, data_dir):
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")}
     bad = realsyn("run", str(work / "manifest.json"), "--out", str(work), "--quiet", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr  # not an input format: one-line error, no change
-    realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(work), "--quiet",
-            "--set", "extract.sentences.perplexity=false")  # the same run again: every part skipped
+    realsyn("run", str(data_dir / "wiki-raycharles"), "--out", str(work), *ZIM_RUN)  # the same run again: every part skipped
     status = realsyn("status", str(work)).stdout
     assert all(f"{n:9} done" in status for n in manifest["stages"])
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")} == before

@@ -14,7 +14,7 @@ from run_cli import realsyn
 from realsyn.io.readers.html import FIGURE_LABEL
 
 pytestmark = pytest.mark.slow
-CORPORA = {"gutenberg": ["gutenberg/30621-h"], "warc": ["warc-outside"], "zim": ["wiki-raycharles"]}
+CORPORA = {"gutenberg": ["gutenberg/30621-h"], "warc": ["warc-outside"]}  # and the ZIM (`zim_run`)
 FACETS = re.compile(r"\b(?:apply|remove)\b.{0,60}\bfilter\b|^(?:home|menu|search|log ?in|sign ?in)$", re.I)
 
 
@@ -38,8 +38,8 @@ def own_text_rate(work: Path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def runs(data_dir, tmp_path_factory) -> dict[str, Path]:
-    out = {}
+def runs(data_dir, tmp_path_factory, zim_run) -> dict[str, Path]:
+    out = {"zim": zim_run}  # the whole pipeline's run, shared with test_end_to_end
     for name, inputs in CORPORA.items():
         work = tmp_path_factory.mktemp(name) / "work"
         realsyn("run", *(str(data_dir / i) for i in inputs), "--out", str(work), "--until", "retrieve", "--quiet",
