@@ -222,6 +222,8 @@ def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = ()) 
             if name == "balance":
                 _skip_synth(root)
             runs[name] = _run_stage(root, name, workers, sets)
+            print(json.dumps({"sentences": sentences, "step": name, **{k: v for k, v in runs[name].items() if k != "stage"},
+                              "seconds": runs[name]["stage"]["seconds"]}), file=sys.stderr, flush=True)
     peaks = ("driver_peak_rss_mib", "worker_peak_rss_mib")
     embed, retrieve, balance = (runs[n]["stage"] for n in STEPS)
     build = retrieve.get("index_seconds", 0.0)
