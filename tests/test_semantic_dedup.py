@@ -109,3 +109,12 @@ def test_embed_cli_runs_the_dedup_and_retrieve_follows(pool, tmp_path):
     realsyn("retrieve", "--out", str(work), "--quiet", "--workers", "1")
     retrieve = json.loads((work / "manifest.json").read_text())["stages"]["retrieve"]["counts"]
     assert retrieve["images"]["kept"] == 2_500 - counts["images"]["reasons"]["semantic_duplicate"]
+
+
+def test_cluster_pairs_skips_empty_and_single_clusters():
+    from realsyn.embed.semantic import cluster_pairs
+
+    x = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 2, 2]]
+    offsets = np.array([0, 0, 2, 2, 3, 6])  # clusters of 0, 2, 0, 1 and 3 rows
+    a, b = cluster_pairs(x, offsets, 0.99)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(0, 1), (3, 4), (3, 5), (4, 5)]
