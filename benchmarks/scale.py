@@ -112,9 +112,11 @@ def _extract_table(kind: str, ids: list[str], docs: list[str], positions: list[i
 def plant_duplicates(x: np.ndarray, first: int, every: int) -> np.ndarray:
     """`x` (rows first.. of the pool) with every `every`-th pool row replaced by a near copy
     (cosine ~0.999) of a row 1 to 5 before it in the same part; deterministic."""
+    if not every:
+        return x
     rows = np.arange(len(x))
     dup = rows[((first + rows) % every == 0) & (rows >= 5)]
-    if not every or not len(dup):
+    if not len(dup):
         return x
     src = dup - 1 - ((first + dup) // every) % 5
     noise = np.random.default_rng([7, first]).standard_normal((len(dup), x.shape[1])).astype(np.float32)
