@@ -83,7 +83,7 @@ def test_sigkill_during_index_build_and_search_then_rerun(synthetic, tmp_path):
             killed = realsyn("retrieve", "--out", str(work), *SPLIT, check=False)
         finally:
             del os.environ["REALSYN_FAULT"]
-        assert killed.returncode == 2 and "worker process died" in killed.stderr, killed.stderr[-2000:]
+        assert killed.returncode == 2 and "worker process died while processing task" in killed.stderr, killed.stderr[-2000:]
         assert "Traceback" not in killed.stderr
     realsyn("retrieve", "--out", str(work), *SPLIT)
     assert _pairs_bytes(work) == _pairs_bytes(done)

@@ -49,6 +49,8 @@ class Executor(ABC):
     """The workspace folders its workers read (set by the pipeline; a URL workspace's workers pull them)."""
     resources: Resources | None = None
     """The running stage's declared resources per task (set by the pipeline)."""
+    step: str = ""
+    """What `run` runs now (its `desc`: the stage, or a phase such as "retrieve: sort"); named when a worker dies."""
 
     def threads_for(self, tasks: int) -> int:
         """Math-library threads per task when `tasks` tasks are to run: the machine's cores shared
@@ -61,11 +63,15 @@ class Executor(ABC):
         from realsyn.runtime.progress import Tasks, bar
 
         done, tracked = 0, Tasks(desc, unit, len(tasks) if isinstance(tasks, Sized) else None)  # a stream stays lazy
-        with bar(desc, unit, total) as progress:
-            for n in self.map(fn, tasks):
-                progress.update(n)
-                tracked.update(n)
-                done += n
+        self.step = desc
+        try:
+            with bar(desc, unit, total) as progress:
+                for n in self.map(fn, tasks):
+                    progress.update(n)
+                    tracked.update(n)
+                    done += n
+        finally:
+            self.step = ""
         return done
 
     @abstractmethod
@@ -130,9 +136,11 @@ class LocalExecutor(Executor):
         sig = next((-c for c in codes if c is not None and c < 0 and -c != signal.SIGTERM), None)
         how = f"killed by {signal.Signals(sig).name}" if sig else "it ended abruptly"
         likely = "; likely out of memory: lower runtime.workers or models.batch_mib" if sig in (None, signal.SIGKILL) else ""
-        where = f" while processing part {', '.join(map(str, parts[:4]))}{' ...' if len(parts) > 4 else ''}" if parts else ""
+        parts = sorted(set(parts))  # a phase's tasks are numbered by group or block: say "task" there
+        noun = "part" if self.step in ("", self.stage) else "task"
+        where = f" while processing {noun} {', '.join(map(str, parts[:4]))}{' ...' if len(parts) > 4 else ''}" if parts else ""
         self.close()
-        return (f"{self.stage or 'a stage'}: a worker process died{where} ({how}{likely}); "
+        return (f"{self.step or self.stage or 'a stage'}: a worker process died{where} ({how}{likely}); "
                 "finished parts are kept, re-run to resume")
 
     def close(self) -> None:
