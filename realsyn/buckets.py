@@ -89,7 +89,8 @@ def embed_part(work: Path, kind: str, index: int, start: int, kept: Path | None 
                ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids, embeddings (embed dtype) and the flags of one embed part's rows in the pool: from the
     `kept` flags file (bool per embed row, `start` = the part's first row), or all True."""
-    ids, emb = read_embeddings([EMBED[kind].path(work, index)], EMBED[kind].id or "", None)
+    # local(): embed's own dedup tasks read parts that other nodes wrote in the same stage
+    ids, emb = read_embeddings([local(EMBED[kind].path(work, index))], EMBED[kind].id or "", None)
     mask = np.ones(len(ids), bool) if kept is None else np.asarray(load(kept)[start:start + len(ids)])
     return ids, emb, mask
 
