@@ -99,6 +99,11 @@ def similar_pairs(emb: np.ndarray, threshold: float, exact_limit: int = 200_000,
     return rows[keep], labels[keep].astype(np.int64)
 
 
+def phash_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Differing bits of paired 64-bit hashes (int8)."""
+    return np.unpackbits((a ^ b).view(np.uint8).reshape(len(a), 8), axis=1).sum(axis=1).astype(np.int8)
+
+
 def semantic_duplicates(emb: np.ndarray, threshold: float, seed: int = 0, phash: np.ndarray | None = None,
                         max_phash: int = 64) -> np.ndarray:
     """For each row, the first row of its group of neighbours above `threshold` (itself when it
@@ -107,7 +112,6 @@ def semantic_duplicates(emb: np.ndarray, threshold: float, seed: int = 0, phash:
     pairs found."""
     a, b = similar_pairs(emb, threshold, seed=seed)
     if phash is not None and len(a):
-        bits = np.unpackbits((phash[a] ^ phash[b]).view(np.uint8).reshape(len(a), 8), axis=1).sum(axis=1)
-        keep = bits <= max_phash
+        keep = phash_bits(phash[a], phash[b]) <= max_phash
         a, b = a[keep], b[keep]
     return cluster_keep_first(len(emb), a, b)

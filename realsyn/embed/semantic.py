@@ -44,7 +44,7 @@ from realsyn.buckets import (
     write_sorted,
 )
 from realsyn.centroids import CentroidIndex, f32, seeded_rows
-from realsyn.dedup import cluster_keep_first, semantic_duplicates
+from realsyn.dedup import cluster_keep_first, phash_bits, semantic_duplicates
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import atomic_path
 from realsyn.tables import EMBED, EMBED_DEDUP, EXTRACT_IMAGES, read_embeddings
@@ -71,11 +71,6 @@ def _prefix(work: Path, kind: str, *names: str) -> Path:
 def phashes(work: Path, part: int) -> np.ndarray:
     """pHash (int64, 0 when missing) of one part's kept images, in embed row order."""
     return EXTRACT_IMAGES.kept(work, part, ["phash"])["phash"].fill_null(0).to_numpy().astype(np.int64)
-
-
-def phash_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Differing bits of paired 64-bit hashes."""
-    return np.unpackbits((a ^ b).view(np.uint8).reshape(len(a), 8), axis=1).sum(axis=1).astype(np.int8)
 
 
 def cluster_pairs(x: np.ndarray, offsets: np.ndarray, threshold: float, threads: int = 1
