@@ -92,11 +92,12 @@ def prepare(ctx: Context, folder: Path, bucketed: bool = True) -> Clusters:
     synth = bool(SYNTH.parts(ws.root))
     scans = [phases.Scan(p, ws.root, folder, synth) for p in parts if not (folder / "scan" / f"code-{p:05d}.npy").exists()]
     ctx.executor.run(phases.scan, scans, f"{NAME}: scan", "pairs")
-    eligible = sum(int((phases.scanned(folder, p)[1] == phases.OK).sum()) for p in parts)
+    counts = np.array([(len(c), int((c == phases.OK).sum())) for c in (phases.scanned(folder, p)[1] for p in parts)])
+    read, eligible = (int(x) for x in counts.sum(axis=0))  # one pass over the scans; nothing per pair kept
     bounds = sampling.quantile_bounds(lambda: phases.eligible_sims(folder, parts), eligible, bc.band,
                                       *((bc.lower_quantile, bc.upper_quantile) if bc.band == "quantile" else (bc.min_sim, bc.max_sim)))
-    cl = Clusters(parts, folder, sum(len(phases.scanned(folder, p)[0]) for p in parts), bounds,
-                  phases.band_starts(folder, parts, bounds), np.zeros(0, np.int64))
+    cl = Clusters(parts, folder, read, bounds, phases.band_starts(folder, parts, bounds),
+                  np.zeros(0, np.int64))
     _fit(ctx, cl)
     if not cl.first[-1]:
         return cl
