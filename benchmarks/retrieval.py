@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--embeddings", type=Path, help="folder with sentences.npy and images.npy")
     ap.add_argument("--k", type=int, default=RetrieveConfig().k)
-    ap.add_argument("--nprobe", type=int, default=RetrieveConfig().nprobe, help="default (paper) setting")
+    ap.add_argument("--nprobe", type=int, default=1, help="default (paper) setting")
     ap.add_argument("--high-nprobe", type=int, default=3, help="high-recall setting")
     ap.add_argument("--exact-sample", type=int, default=1000, help="images searched exactly (recall, time per image)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per search; the fastest counts")

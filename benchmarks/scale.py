@@ -16,7 +16,7 @@ router is used, dedup's pair recall against exact search), and the peak RSS of t
 the largest worker (polled); then the ratios of the last size to the first.
 
     python benchmarks/scale.py make-workspace DIR --sentences N --images M [--dim D] [--embeddings DIR]
-    python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--json]
+    python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--steps embed,retrieve,balance] [--json]
 """
 
 from __future__ import annotations
@@ -209,43 +209,57 @@ def _skip_synth(root: Path) -> None:
     ws.finish(synth.NAME, {}, 0.0)
 
 
-def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = ()) -> dict:
+def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = (), steps: tuple[str, ...] = STEPS) -> dict:
     """A synthetic workspace of `sentences` (images = sentences / 8, a near-copy planted every
-    DUPLICATE_EVERY rows), then embed's semantic dedup, retrieve and balance, each
+    DUPLICATE_EVERY rows), then embed's semantic dedup, retrieve and balance (or those of
+    `steps`; without embed, the workspace comes deduplicated, no copies planted), each
     `realsyn STAGE` in its own process: the stages' figures and the peak RSS of each process tree."""
     images = max(1, sentences // 8)
     with tempfile.TemporaryDirectory(prefix="realsyn-scale-") as tmp:
         root = Path(tmp) / "work"
         started = time.time()
-        make_workspace(root, sentences, images, dim, duplicates=DUPLICATE_EVERY, dedup=False)
+        dedup = "embed" not in steps
+        make_workspace(root, sentences, images, dim, duplicates=0 if dedup else DUPLICATE_EVERY, dedup=dedup)
         made = time.time() - started
         runs = {}
-        for name in STEPS:
+        for name in steps:
             if name == "balance":
                 _skip_synth(root)
             runs[name] = _run_stage(root, name, workers, sets)
             print(json.dumps({"sentences": sentences, "step": name, **{k: v for k, v in runs[name].items() if k != "stage"},
                               "seconds": runs[name]["stage"]["seconds"]}), file=sys.stderr, flush=True)
-    peaks = ("driver_peak_rss_mib", "worker_peak_rss_mib")
-    embed, retrieve, balance = (runs[n]["stage"] for n in STEPS)
+    out = {"sentences": sentences, "images": images, "dim": dim, "set": list(sets), "workspace_seconds": round(made, 1)}
+    for name, figures in (("dedup", _dedup), ("retrieve", _retrieve), ("balance", _balance)):
+        step = "embed" if name == "dedup" else name
+        if step in runs:
+            peaks = {k: runs[step][k] for k in ("driver_peak_rss_mib", "worker_peak_rss_mib")}
+            out[name] = {**figures(runs[step], sentences, images), **peaks}
+    return out
+
+
+def _dedup(run: dict, sentences: int, images: int) -> dict:
+    embed = run["stage"]
+    return {"seconds": embed["seconds"], "us_per_item": round(1e6 * embed["seconds"] / (sentences + images), 3),
+            "how": embed["counts"]["semantic_dedup"],
+            "duplicates": {k: embed["counts"][k]["rejected"] for k in ("sentences", "images")}}
+
+
+def _retrieve(run: dict, sentences: int, images: int) -> dict:
+    retrieve = run["stage"]
     build = retrieve.get("index_seconds", 0.0)
     search = retrieve["seconds"] - build
     counts = retrieve["counts"]
+    return {"clusters": counts["clusters"], "blocks": counts.get("blocks"), "wall_seconds": run["wall_seconds"],
+            "index_seconds": round(build, 2), "search_seconds": round(search, 2),
+            "index_us_per_sentence": round(1e6 * build / sentences, 3), "search_us_per_image": round(1e6 * search / images, 3),
+            **{k: counts.get(k) for k in ("recall_at_k", "centroid_recall", "nprobe", "recall_by_nprobe")}}
+
+
+def _balance(run: dict, sentences: int, images: int) -> dict:
+    balance = run["stage"]
     pairs = balance["counts"]["pairs"]["read"]
-    return {"sentences": sentences, "images": images, "dim": dim, "set": list(sets), "workspace_seconds": round(made, 1),
-            "dedup": {"seconds": embed["seconds"], "us_per_item": round(1e6 * embed["seconds"] / (sentences + images), 3),
-                      "how": embed["counts"]["semantic_dedup"],
-                      "duplicates": {k: embed["counts"][k]["rejected"] for k in ("sentences", "images")},
-                      **{k: runs["embed"][k] for k in peaks}},
-            "retrieve": {"clusters": counts["clusters"], "blocks": counts.get("blocks"), "wall_seconds": runs["retrieve"]["wall_seconds"],
-                         "index_seconds": round(build, 2), "search_seconds": round(search, 2),
-                         "index_us_per_sentence": round(1e6 * build / sentences, 3),
-                         "search_us_per_image": round(1e6 * search / images, 3),
-                         "recall_at_k": counts.get("recall_at_k"), "centroid_recall": counts.get("centroid_recall"),
-                         **{k: runs["retrieve"][k] for k in peaks}},
-            "balance": {"seconds": balance["seconds"], "pairs": pairs, "clusters": balance["counts"]["clusters"],
-                        "us_per_pair": round(1e6 * balance["seconds"] / max(1, pairs), 3),
-                        **{k: runs["balance"][k] for k in peaks}}}
+    return {"seconds": balance["seconds"], "pairs": pairs, "clusters": balance["counts"]["clusters"],
+            "us_per_pair": round(1e6 * balance["seconds"] / max(1, pairs), 3)}
 
 
 RATIOS = {"dedup": ("us_per_item", "driver_peak_rss_mib", "worker_peak_rss_mib"),
@@ -270,15 +284,18 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="a config override for retrieve, e.g. retrieve.nprobe=2")
+    p.add_argument("--steps", default=",".join(STEPS), help="some of embed,retrieve,balance (balance needs retrieve)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    steps = tuple(s for s in STEPS if s in a.steps.split(","))
     runs = []
     for size in a.sizes.split(","):
-        runs.append(measure(_size(size), a.dim, a.workers, tuple(a.set)))
+        runs.append(measure(_size(size), a.dim, a.workers, tuple(a.set), steps))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # each size as it ends: a long sweep shows progress
     first, last = runs[0], runs[-1]
     out = {"runs": runs, "ratios_last_to_first": {
-        step: {k: round(last[step][k] / first[step][k], 3) for k in keys if first[step][k]} for step, keys in RATIOS.items()}}
+        step: {k: round(last[step][k] / first[step][k], 3) for k in keys if first[step][k]}
+        for step, keys in RATIOS.items() if step in first}}
     print(json.dumps(out, indent=None if a.json else 2))
 
 

@@ -133,9 +133,12 @@ def read_rows(ctx: Context, kind: str, groups: Groups, starts: np.ndarray, pool:
 
 
 def save_index(index: CentroidIndex, folder: Path) -> None:
-    """`centroids.npy`, `cells.npy` and, with an HNSW router, `router.npy` (serialised)."""
+    """`centroids.npy`, `cells.npy`, with an HNSW router `router.npy` (serialised), with cells
+    to route through `coarse.npy`."""
     if index.router is not None:
         save(faiss.serialize_index(index.router), folder / "router.npy")
+    if index.coarse is not None:
+        save(index.coarse, folder / "coarse.npy")
     save(index.cells, folder / "cells.npy")
     save(index.centroids, folder / "centroids.npy")
 
@@ -143,7 +146,8 @@ def save_index(index: CentroidIndex, folder: Path) -> None:
 def open_index(folder: Path, ef: int = 32) -> CentroidIndex:
     """The index `save_index` wrote."""
     router = faiss.deserialize_index(load(folder / "router.npy", mmap=False)) if (folder / "router.npy").exists() else None
-    return CentroidIndex(load(folder / "centroids.npy", mmap=False), load(folder / "cells.npy", mmap=False), router, ef)
+    coarse = load(folder / "coarse.npy", mmap=False) if (folder / "coarse.npy").exists() else None
+    return CentroidIndex(load(folder / "centroids.npy", mmap=False), load(folder / "cells.npy", mmap=False), router, ef, coarse)
 
 
 def plan_blocks(index: CentroidIndex, sample: np.ndarray, n: int, per_block: int, threads: int = 0) -> np.ndarray:

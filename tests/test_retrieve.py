@@ -238,7 +238,7 @@ def test_stage_writes_pairs_and_resumes(tmp_path):
 @pytest.mark.parametrize("scope", ["document", "hybrid"])
 def test_stage_scopes_and_min_sim(tmp_path, scope):
     ctx = _fake_workspace(tmp_path, **{"retrieve.scope": scope, "retrieve.doc_bonus": 100.0, "retrieve.min_sim": 0.4,
-                                       "retrieve.sentences_per_cluster": 50})
+                                       "retrieve.sentences_per_cluster": 50, "retrieve.nprobe": 1})
     counts = _run(ctx)
     t = _pairs(tmp_path)
     assert 0 < counts["images"]["kept"] < counts["images"]["read"]  # min_sim left some images without text
@@ -340,6 +340,30 @@ def test_two_level_kmeans_and_the_hnsw_router(data):
     assert (CentroidIndex.train(s, 20, mode="auto").cells == [0, 20]).all()  # auto: flat k-means, one cell
 
 
+def test_nearest_centroids_through_cells(data, monkeypatch, tmp_path):
+    """Past CELL_ROUTE_MIN clusters the index routes through cells of about CLUSTERS_PER_CELL
+    clusters; it finds the scan's nearest centroid for most rows, more with more cells probed,
+    and survives saving."""
+    import realsyn.centroids
+    from realsyn.buckets import open_index, save_index
+    from realsyn.centroids import CentroidIndex, centroid_recall, nearest_centroids
+
+    monkeypatch.setattr(realsyn.centroids, "CELL_ROUTE_MIN", 32)
+    monkeypatch.setattr(realsyn.centroids, "CLUSTERS_PER_CELL", 5)
+    s, q, _ = data
+    h = CentroidIndex.train(s, 100, mode="hierarchical", seed=0)
+    assert h.coarse is not None and len(h.coarse) == len(h.cells) - 1 and (np.diff(h.cells) > 0).all()
+    top = h.nearest(q, 3)
+    assert (np.sort(top.idx, axis=1)[:, 1:] != np.sort(top.idx, axis=1)[:, :-1]).all() and (top.idx >= 0).all()
+    assert (np.diff(top.sims, axis=1) <= 0).all()
+    scan = nearest_centroids(q, h.centroids, 1).idx[:, 0]
+    one, more = centroid_recall(q, h), centroid_recall(q, CentroidIndex.of(h.centroids, h.cells, coarse=h.coarse, probe=4))
+    assert 0.8 < one <= more <= 1.0 and one == (h.nearest(q, 1).idx[:, 0] == scan).mean()
+    assert one <= (top.idx[:, 0] == scan).mean()  # k = 3 searches 3 cells
+    save_index(h, tmp_path)
+    assert (open_index(tmp_path).nearest(q, 3).idx == top.idx).all()
+
+
 def test_stage_with_the_hierarchical_index(tmp_path, monkeypatch):
     ctx = _fake_workspace(tmp_path, **{"retrieve.index": "hierarchical", "retrieve.sentences_per_cluster": 20,
                                        "retrieve.block_sentences": 200, "retrieve.sentences_per_task": 300,
@@ -354,3 +378,16 @@ def test_stage_with_the_hierarchical_index(tmp_path, monkeypatch):
     assert len(np.load(out / "cells.npy")) > 2 and counts["blocks"] == len(list((out / "blocks").glob("*.offsets.npy"))) > 1
     assert 0.9 < counts["centroid_recall"] <= 1.0 and 0.3 < counts["recall_at_k"] <= 1.0
     assert counts["images"]["kept"] == counts["images"]["read"] > 0
+
+
+def test_automatic_nprobe(tmp_path):
+    """nprobe auto: the smallest nprobe whose recall (computed from the exact hits' clusters
+    and the probes) reaches the target; the search then measures exactly that recall."""
+    ctx = _fake_workspace(tmp_path, **{"retrieve.sentences_per_cluster": 10, "retrieve.scope": "global",
+                                       "retrieve.max_uses": 0, "retrieve.target_recall": 0.8, "retrieve.max_nprobe": 8})
+    counts = _run(ctx)
+    curve, chosen = counts["recall_by_nprobe"], counts["nprobe"]
+    assert len(curve) == chosen and curve == sorted(curve) and counts["nprobe_target_met"]
+    assert curve[-1] >= 0.8 and (chosen == 1 or curve[-2] < 0.8)
+    assert counts["recall_at_k"] == curve[-1]  # the search finds what the probes predict
+    assert chosen > 1  # this data needs more than one cluster for 0.8

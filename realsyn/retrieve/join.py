@@ -23,7 +23,6 @@ from realsyn.buckets import load, local, save
 from realsyn.centroids import TopK, empty_topk, grouped_topk, merge_topk
 from realsyn.config import RetrieveConfig
 from realsyn.retrieve.index import NAME, block_path, iter_blocks, kept_part, open_centroids
-from realsyn.retrieve.search import exact_topk
 from realsyn.runtime.workspace import atomic_path
 
 
@@ -92,7 +91,7 @@ def route(task: RouteTask) -> int:
     q = images_of(task.work, task.parts, task.starts)
     blocks = load(out / "blocks.npy", mmap=False)
     m, n_blocks = len(q), len(blocks) - 1
-    probes = open_centroids(out, task.cfg).nearest(q, task.cfg.nprobe, task.threads).idx if m and n_blocks else np.zeros((m, 1), np.int64)
+    probes = open_centroids(out, task.cfg).nearest(q, int(task.cfg.nprobe), task.threads).idx if m and n_blocks else np.zeros((m, 1), np.int64)
     block = np.searchsorted(blocks, probes, side="right") - 1
     keys = np.unique((block * m + np.arange(m)[:, None]).ravel()) if m and n_blocks else np.zeros(0, np.int64)
     rows, blk = keys % max(1, m), keys // max(1, m)
@@ -175,7 +174,7 @@ def search(out: Path, q: np.ndarray, cfg: RetrieveConfig, threads: int = 0) -> T
     blocks = load(out / "blocks.npy", mmap=False)
     if len(blocks) < 2 or not len(q):
         return empty_topk(len(q), cfg.k)
-    probes = open_centroids(out, cfg).nearest(q, cfg.nprobe, threads).idx
+    probes = open_centroids(out, cfg).nearest(q, int(cfg.nprobe), threads).idx
     block = np.searchsorted(blocks, probes, side="right") - 1
     lists = []
     for t, (lo, base, base_rows) in enumerate(iter_blocks(out)):
@@ -188,13 +187,3 @@ def search(out: Path, q: np.ndarray, cfg: RetrieveConfig, threads: int = 0) -> T
     rows, idx, sims = (np.concatenate([g[i] for g in lists]) for i in range(3))
     return merge_lists(rows, idx, sims, len(q), cfg.k)
 
-
-def exact(out: Path, q: np.ndarray, k: int) -> TopK:
-    """Exact top-k of the queries over every block (pool rows): the reference for recall."""
-    best = empty_topk(len(q), k)
-    for _, base, base_rows in iter_blocks(out):
-        if len(base):
-            h = exact_topk(q, base, k, block=1 << 17)  # 2 x 128k x d float32 at a time
-            idx = np.where(h.idx >= 0, np.asarray(base_rows)[np.maximum(h.idx, 0)], -1)
-            best = merge_topk(np.hstack([best.idx, idx]), np.hstack([best.sims, h.sims]), k)
-    return best

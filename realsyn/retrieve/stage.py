@@ -23,12 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.buckets import Groups, load, local, part_sizes, remove, save
-from realsyn.centroids import TopK, centroid_recall, seeded_rows
+from realsyn.centroids import TopK
 from realsyn.config import RetrieveConfig
 from realsyn.embed import stage as embed
 from realsyn.extract import stage as extract
-from realsyn.retrieve import index, join, uses
-from realsyn.retrieve.search import Scope, apply_scope, document_topk, recall_at_k
+from realsyn.retrieve import index, join, recall, uses
+from realsyn.retrieve.search import Scope, apply_scope, document_topk
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.stage import Plan, Stage
@@ -195,31 +195,6 @@ def _summary(paths: list[Path]) -> dict:
             "top1_sim": {"mean": round(total / n, 4), **pct} if n else None}
 
 
-def _recall(work: Path, starts: np.ndarray, cfg: RetrieveConfig, seed: int, threads: int) -> dict:
-    """recall@k of the search (global scope, configured nprobe) against exact search, on a seeded
-    random sample of the kept images (drawn among 4 x recall_sample rows, then the kept ones).
-    Memory: the sample and one block; the exact search reads the whole index once."""
-    out, kept = work / NAME, load(work / NAME / "images_kept.npy")
-    draw = seeded_rows(len(kept), min(len(kept), 4 * cfg.recall_sample), seed)
-    rows = draw[np.asarray(kept[draw], bool)][:cfg.recall_sample]
-    if len(rows) == 0 or _empty_index(out):
-        return {"recall_at_k": None, "recall_images": 0}
-    part = np.searchsorted(starts, rows, side="right") - 1
-    q = np.concatenate([read_embeddings([EMBED["images"].path(work, int(p))], "image_id")[1][rows[part == p] - starts[p]]
-                        for p in np.unique(part)])
-    approx, truth = join.search(out, q, cfg, threads).idx, join.exact(out, q, cfg.k).idx
-    found = {"recall_at_k": round(recall_at_k(approx, truth), 4), "recall_images": len(rows)}
-    routed = centroid_recall(q, index.open_centroids(out, cfg), threads)
-    if routed is not None:  # the HNSW centroid step alone, against the flat scan
-        found["centroid_recall"] = round(routed, 4)
-    return found
-
-
-def _empty_index(out: Path) -> bool:
-    """Whether the index has no sentences."""
-    return int(load(out / "parts.npy", mmap=False)[-1]) == 0
-
-
 def _cap_uses(ctx: Context, out: Path) -> None:
     """`retrieve.max_uses` over the finished pairs (resumable: the choices are saved before any
     part is rewritten, and rewriting is idempotent)."""
@@ -242,7 +217,8 @@ def _plan_stage(ctx: Context, out: Path) -> Plan:
     first = {kind: part_sizes(ws.root, kind, n_parts) for kind in ("images", "sentences")}
     spread = index.build(ctx, out, first, cpu_count())  # bonuses are in units of the encoder's similarity spread
     starts, sentence_starts = first["images"], first["sentences"]
-    rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread,
+    probe = _nprobe(ctx, out, starts)
+    rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread, "nprobe": probe["nprobe"],
                                          "near_bonus": cfg.retrieve.near_bonus * spread})
     blocks = len(load(out / "blocks.npy", mmap=False)) - 1
     tasks = _plan(ws.root, starts, sentence_starts, rc, blocks)
@@ -253,20 +229,32 @@ def _plan_stage(ctx: Context, out: Path) -> Plan:
     each = ctx.executor.threads_for(len(joins))
     ctx.executor.run(join.join, [replace(t, threads=each) for t in joins], f"{NAME}: join", "images")
     each = ctx.executor.threads_for(len(tasks))
-    return Plan([replace(t, threads=each) for t in tasks], info=(starts, spread))
+    return Plan([replace(t, threads=each) for t in tasks], info=(starts, spread, probe))
+
+
+def _nprobe(ctx: Context, out: Path, starts: np.ndarray) -> dict:
+    """The search's nprobe (`recall.choose`), kept in the manifest so a resumed run searches
+    with the same one."""
+    if "nprobe" not in ctx.ws.stage(NAME):
+        q = recall.sample(ctx.ws.root, starts, ctx.cfg.retrieve, ctx.cfg.runtime.seed)
+        ctx.ws.note(NAME, **recall.choose(ctx.ws.root, q, ctx.cfg.retrieve, cpu_count()))
+    stage = ctx.ws.stage(NAME)
+    return {key: stage[key] for key in ("nprobe", "nprobe_target_met", "recall_by_nprobe") if key in stage}
 
 
 def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     """`max_uses` over the finished pairs, then the counts, the similarity summary and recall."""
     ws, cfg = ctx.ws, ctx.cfg
-    starts, spread = plan.info
+    starts, spread, probe = plan.info
     _cap_uses(ctx, out)
     remove(out, "queries", "join")
     stage = ws.stage(NAME)
     counts = {**_summary(RETRIEVE_PAIRS.parts(ws.root)), "sentences": stage["sentences"], "clusters": stage["clusters"],
               "blocks": stage["blocks"], "sim_spread": spread,
               **{k: v for k, v in stage.items() if k.startswith("max_uses_") and k != "max_uses_done"},
-              "scope": cfg.retrieve.scope, **_recall(ws.root, starts, cfg.retrieve, cfg.runtime.seed, cpu_count())}
+              "scope": cfg.retrieve.scope, **probe,
+              **recall.measure(ws.root, recall.sample(ws.root, starts, cfg.retrieve, cfg.runtime.seed), cfg.retrieve,
+                               probe["nprobe"], cpu_count())}
     return counts
 
 
