@@ -26,16 +26,68 @@ def first_occurrence(keys: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return out
 
 
+MAX_LABELS = 1 << 20  # label values per chunk pair (wider pairs share labels: compared anyway)
+
+
+def chunk_labels(phash: np.ndarray, distance: int, values: int) -> np.ndarray:
+    """(n, K) labels of 64-bit hashes: cut into m = t + 2 chunks of 64 // m bits, two hashes
+    within t bits agree on at least two chunks, so each pair of chunks (K = m (m - 1) / 2) gives
+    a label, k x values + (the two chunks' bits mod values). Any two hashes within t bits share a
+    label; hashes that share one are compared, so a collision of the modulo costs time only."""
+    m = distance + 2
+    width = 64 // m
+    u = phash.view(np.uint64)
+    parts = [(u >> np.uint64(c * width)) & np.uint64((1 << width) - 1) for c in range(m)]
+    pairs = [(c, d) for c in range(m) for d in range(c + 1, m)]
+    out = np.empty((len(phash), len(pairs)), np.int64)
+    for k, (c, d) in enumerate(pairs):
+        out[:, k] = k * values + ((parts[c] << np.uint64(width)) | parts[d]) % np.uint64(values)
+    return out
+
+
+def label_values(n: int) -> int:
+    """Values per chunk pair for `n` hashes: about one hash per value, 1024 to MAX_LABELS."""
+    return int(min(MAX_LABELS, max(1024, 1 << int(np.ceil(np.log2(max(1, n)))))))
+
+
+SMALL_GROUP = 64  # label groups up to this size are compared all at once, larger ones in blocks
+
+
+def near_pairs(phash: np.ndarray, rows: np.ndarray, offsets: np.ndarray, distance: int, block: int = 1 << 22) -> np.ndarray:
+    """(a, b) rows, a < b, within each group (`offsets`: entries sharing a label, rows in
+    increasing order) whose hashes differ in at most `distance` bits; each pair once."""
+    sizes = np.diff(offsets)
+    found = []
+    pos = np.arange(len(rows))
+    end = np.repeat(offsets[1:], sizes)  # end of each entry's group
+    small = np.repeat(sizes <= SMALL_GROUP, sizes)
+    for k in range(1, int(sizes[sizes <= SMALL_GROUP].max(initial=0))):  # each entry with the one k later
+        i = pos[small & (pos + k < end)]
+        near = np.bitwise_count((phash[i] ^ phash[i + k]).view(np.uint64)) <= distance
+        found.append(np.stack([rows[i[near]], rows[i[near] + k]], axis=1))
+    for g in np.flatnonzero(sizes > SMALL_GROUP):
+        a, e = int(offsets[g]), int(offsets[g + 1])
+        h, r = phash[a:e], rows[a:e]
+        step = max(1, block // len(h))
+        for s in range(0, len(h), step):
+            i, j = np.nonzero(np.bitwise_count((h[s:s + step, None] ^ h[None, :]).view(np.uint64)) <= distance)
+            i += s
+            later = i < j
+            found.append(np.stack([r[i[later]], r[j[later]]], axis=1))
+    return np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+
+
 def _to_bits(hashes: np.ndarray) -> np.ndarray:
     """int64 hashes -> (n, 8) uint8 codes for faiss binary indexes."""
     return np.ascontiguousarray(hashes.astype("<i8")).view(np.uint8).reshape(-1, 8)
 
 
 def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) of 64-bit hashes within `max_distance` bits.
+    """All pairs (i < j) of 64-bit hashes within `max_distance` bits, in memory.
 
     A faiss multi-hash index splits the code into max_distance + 1 chunks: two codes within the
-    distance agree exactly on at least one chunk (pigeonhole), so the range search is exact.
+    distance agree exactly on at least one chunk (pigeonhole), so the range search is exact. The
+    reference the bucketed extract dedup (`chunk_labels`, `near_pairs`) is tested against.
     """
     n = len(hashes)
     if n < 2:

