@@ -50,14 +50,19 @@ def _write_raw(out: Path, ids: list[str], phash: np.ndarray, kept: np.ndarray, p
 
 
 def _check(out: Path, ids: list[str], phash: np.ndarray, kept: np.ndarray, parts: int) -> int:
+    """The final tables equal the global step's decisions; returns the number of duplicates."""
     group, reasons = _reference(_id_key(ids), phash, kept)
     t = pq.read_table([out / "images" / part_name(i) for i in range(parts)])
-    status, reason, dup_of = (t.column(c).to_pylist() for c in ("status", "reason", "dup_of"))
-    for i in range(len(ids)):
-        if i in reasons:
-            assert (status[i], reason[i], dup_of[i]) == ("rejected", reasons[i], ids[group[i]]), i
-        else:
-            assert dup_of[i] is None and status[i] == ("kept" if kept[i] else "rejected"), i
+    dup = np.zeros(len(ids), bool)
+    dup[list(reasons)] = True
+    want_reason = np.full(len(ids), None, dtype=object)
+    want_reason[list(reasons)] = list(reasons.values())
+    reason = np.array(t.column("reason").to_pylist(), dtype=object)
+    assert (reason[dup] == want_reason[dup]).all()
+    assert (np.array(t.column("status").to_pylist()) == np.where(dup | ~kept, "rejected", "kept")).all()
+    dup_of = t.column("dup_of").to_pylist()
+    assert [dup_of[i] for i in np.flatnonzero(dup)] == [ids[group[i]] for i in np.flatnonzero(dup)]
+    assert all(dup_of[i] is None for i in np.flatnonzero(~dup))
     return len(reasons)
 
 
@@ -106,15 +111,17 @@ def test_synthetic_hashes_decide_as_the_global_algorithm(tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_millions_of_hashes(tmp_path):
-    """2M hashes in 16 parts, the default bucket size: the same decisions as the global step."""
-    ids, phash, kept = _synthetic(2_000_000, seed=2)
+def test_a_million_hashes(tmp_path):
+    """1M hashes in 16 parts, the default bucket size: the same decisions as the global step
+    (whose faiss multi-hash search costs n^2: 48 s here at 1M, 191 s at 2M, where the two also
+    agree; the bucketed step takes about 15 s at 2M)."""
+    ids, phash, kept = _synthetic(1_000_000, seed=2)
     out = tmp_path / "extract"
     (out / "_raw" / "images").mkdir(parents=True)
     _write_raw(out, ids, phash, kept, 16)
     with (ctx := _context(tmp_path, 2)).executor:
         dedup.deduplicate(ctx, out, "images", 16, DISTANCE)
-    assert _check(out, ids, phash, kept, 16) > 50_000
+    assert _check(out, ids, phash, kept, 16) > 20_000
 
 
 _RUN = """

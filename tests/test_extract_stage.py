@@ -155,15 +155,14 @@ def test_perplexity_filter_on_the_demo_corpus(tmp_path):
     print(f"\ndemo: perplexity rejected {len(rejected)} of {len(kept) + len(rejected)} sentences that reached it")
 
 
-def test_perplexity_in_bf16_agrees_with_fp32(tmp_path, data_dir):
+def test_perplexity_in_bf16_agrees_with_fp32(zim_work):
     """The bf16 route (`auto` on a CPU with AVX512-BF16) ranks real sentences as fp32 does and
     keeps or rejects nearly all of them alike; fp32 is the model itself, a variant is built once."""
     import numpy as np
 
     from realsyn.models import load
 
-    extract([data_dir / "gutenberg" / "30621-h"], tmp_path / "w")
-    t = tables(tmp_path / "w")["sentences"].to_pylist()
+    t = tables(zim_work[0])["sentences"].to_pylist()
     texts = [r["text"] for r in t if r["status"] == "kept" and r["kind"] == "sentence"][::7][:200]
     llm = load("llm", "smollm2", "cpu")
     assert llm.at("fp32") is llm and llm.at("bf16") is llm.at("bf16")
