@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.buckets import done, gather, save, write_sorted
+from realsyn.buckets import done, gather, load, save, write_sorted
 from realsyn.dedup import chunk_labels, cluster_keep_first, first_occurrence, label_values, near_pairs
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import part_name, write_table
@@ -143,7 +143,7 @@ def chunks(task: ChunksTask) -> int:
 
 
 def _load_pairs(out: Path, kind: str, phase: str, n: int) -> np.ndarray:
-    got = [np.load(_pairs_path(out, kind, phase, t)) for t in range(n)]
+    got = [load(_pairs_path(out, kind, phase, t), mmap=False) for t in range(n)]
     return np.concatenate(got) if got else np.zeros((0, 2), np.int64)
 
 
@@ -195,7 +195,7 @@ def deduplicate(ctx: Context, out: Path, kind: str, n_parts: int, distance: int 
     bits = _bits(int(starts[-1]))
     ex = ctx.executor
     ex.run(keys, [KeysTask(i, kind, out, int(starts[i]), bits) for i in range(n_parts)
-                  if not done(_folder(out, kind, "keys") / f"p-{i:05d}")], f"extract: dedup {kind}: keys", "parts")
+                  if not done(_folder(out, kind, "keys") / f"p-{i:05d}")], f"extract: dedup {kind}: keys", "items")
     buckets = 1 << bits
     ex.run(bucket_pairs, [BucketTask(t, kind, "keys", out, n_parts, np.arange(buckets + 1)) for t in range(buckets)
                           if not _pairs_path(out, kind, "keys", t).exists()], f"extract: dedup {kind}: exact", "items")
