@@ -273,7 +273,6 @@ class CentroidIndex:
             faiss.omp_set_num_threads(before)
         return out
 
-
     def _through_cells(self, x: np.ndarray, k: int, threads: int, batch: int = 1 << 16) -> TopK:
         """The best `k` centroids among those of each row's `max(probe, k)` best cells."""
         assert self.coarse is not None

@@ -9,7 +9,8 @@ each resumable (a task whose last output exists is skipped), files under `retrie
    and 256 per cluster, and the texts of `similarity_spread`); the driver fits the
    `CentroidIndex` on the sample and splits the clusters into blocks, consecutive cluster ranges
    of about `block_sentences` sentences by the sample's counts: `centroids.npy`, `cells.npy`,
-   `router.npy` (the serialised HNSW graph, past 65,536 clusters), `blocks.npy`.
+   `coarse.npy` (the cells routed through, past 16,384 clusters), `router.npy` (the serialised
+   HNSW graph, past 65,536 clusters), `blocks.npy`.
 3. assign: one task per group of sentence parts finds each kept sentence's cluster and writes
    `assign/s-J.{vectors,rows,labels,bounds}.npy`, sorted by cluster (so bucketed by block),
    vectors in the embed dtype; and `texts/part-N.arrow` (sentence_id, doc_id, position, text).
