@@ -59,6 +59,7 @@ def _switch(value: Any) -> Any:
 
 class ExtractConfig(_Section):
     docs_per_part: int = Field(64, ge=1, le=100_000, description="Documents per work part: the unit of parallelism, resume and output files.")
+    shard_kib: int = Field(256, ge=16, le=1 << 22, description="What one extract task reads, planned from metadata alone (no content passes through the driver): about this many KiB of input (a JSONL byte range, parquet row groups or row slices, EPUB chapters, HTML files; a longer HTML file is split into up to 16 slices of its chapters); a ZIM entry range of about `docs_per_part` articles; a WARC or .jsonl.gz file whole. A task writes one or more parts.")
     items_per_part: int = Field(1000, ge=1, le=10_000_000, description="A part also closes once its documents hold this many items (paragraphs and images), so that long documents (books, long articles) spread over the workers: three books make three or more parts, not one.")
     main_content: Literal["auto", "on", "off"] = Field("auto", description="Keep only the prose of a page's main content, dropping navigation, facet and footer text (trafilatura, as datatrove uses; images keep their positions): `on` for every HTML page, `off`, or `auto` = on for web archives (.warc), off for ZIM, EPUB and HTML folders, whose pages are edited content.")
     follow_symlinks: bool = Field(False, description="Follow symbolic links inside an input folder that point outside it (off: such a link is passed over and counted as `outside_input`).")

@@ -77,7 +77,7 @@ def test_every_format_every_reason(corpus, caplog):
         assert seen[fmt] == expected(fmt), fmt
     log = caplog.text
     assert "hostile.zim: skipping entry" in log and "Data corruption" in log  # the damaged cluster
-    assert "mmc4.jsonl line 2: skipping malformed JSON" in log and "line 4: skipping, not an MMC4 document" in log
+    assert "mmc4.jsonl byte 351: skipping malformed JSON" in log and "byte 464: skipping, not an MMC4 document" in log
     assert "mmc4-truncated.jsonl.gz: gzip stream truncated" in log
     assert "spine document OEBPS/missing.xhtml not found" in log
 

@@ -185,11 +185,11 @@ def test_mmc4_gzip_malformed_lines_and_truncation(tmp_path, caplog):
     plain.write_bytes(body)
     with caplog.at_level(logging.WARNING):
         docs = list(read_documents(plain))
-    assert [d.source for d in docs] == ["http://a/1", "line 5"]
+    assert [d.source for d in docs] == ["http://a/1", f"byte {body.index(lines[4].encode())}"]  # no url: its offset
     assert [(i.kind, i.text or i.url) for i in docs[0].items] == [("text", "One."), ("image", "http://a/x.jpg"),
                                                                   ("text", "Two.")]
     assert docs[1].items[-1].url == "http://a/y.jpg"  # out-of-range match: appended at the end
-    assert "line 2" in caplog.text and "malformed" in caplog.text
+    assert f"byte {body.index(b'{not json')}" in caplog.text and "malformed" in caplog.text
     gz = tmp_path / "d.jsonl.gz"
     gz.write_bytes(gzip.compress(body))
     assert [(d.source, d.items) for d in read_documents(gz)] == [(d.source, d.items) for d in docs]

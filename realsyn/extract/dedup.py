@@ -219,6 +219,87 @@ def deduplicate(ctx: Context, out: Path, kind: str, n_parts: int, distance: int 
     return counts
 
 
+def doc_key(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A document's key: its id's first 16 hex digits (int64)."""
+    return np.array([int(s[:16], 16) for s in ids.to_pylist()], dtype=np.uint64).view(np.int64)
+
+
+@dataclass(frozen=True)
+class DocsTask:
+    index: int  # raw part
+    out: Path
+    bits: int
+
+
+def doc_keys(task: DocsTask) -> int:
+    """Per raw part of a byte or row range: its documents' keys, bucketed by their top bits, the part as the row."""
+    ids = pc.unique(pa.chunked_array([pq.read_table(raw(task.out, t, task.index), columns=["doc_id"]).column(0).combine_chunks()
+                                      for t in ("images", "sentences")], pa.string()))
+    key = doc_key(ids)
+    bucket = (key.view(np.uint64) >> np.uint64(64 - task.bits)).astype(np.int64) if task.bits else np.zeros(len(key), np.int64)
+    write_sorted(_folder(task.out, "docs", "keys") / f"p-{task.index:05d}", key, np.full(len(key), task.index), bucket,
+                 np.arange((1 << task.bits) + 1))
+    return len(key)
+
+
+@dataclass(frozen=True)
+class RepeatsTask:
+    index: int  # bucket
+    out: Path
+    bits: int
+
+
+def repeats(task: RepeatsTask) -> int:
+    """Per bucket: (part, key) of every document found again in a later part than its first."""
+    parts = load(_folder(task.out, "docs", "parts.npy"), mmap=False)
+    prefixes = [_folder(task.out, "docs", "keys") / f"p-{i:05d}" for i in parts]
+    keys, parts, _, _ = gather(prefixes, np.arange((1 << task.bits) + 1), task.index)
+    dup = first_occurrence(keys, np.ones(len(keys), bool)) != np.arange(len(keys))
+    save(np.stack([parts[dup], keys[dup]], axis=1).astype(np.int64).reshape(-1, 2), _pairs_path(task.out, "docs", "keys", task.index))
+    return len(keys)
+
+
+@dataclass(frozen=True)
+class DropTask:
+    index: int  # raw part
+    out: Path
+    keys: np.ndarray  # documents to drop
+
+
+def drop(task: DropTask) -> int:
+    """Remove the rows of the repeated documents from one raw part (and the bytes only they held)."""
+    for table in ("sentences", "images"):
+        t = pq.read_table(raw(task.out, table, task.index))
+        gone = np.isin(doc_key(t.column("doc_id")), task.keys)
+        if gone.any():
+            t = t.filter(pa.array(~gone))
+            write_table(t, raw(task.out, table, task.index))
+    blobs_path = task.out / "blobs" / part_name(task.index)
+    blobs = pq.read_table(blobs_path)
+    keep = pc.is_in(blobs.column("image_id"), t.column("image_id"))  # t: the images
+    if not pc.all(keep).as_py():
+        write_table(blobs.filter(keep), blobs_path)
+    return len(task.keys)
+
+
+def repeated_documents(ctx: Context, out: Path, parts: list[int], docs_per_part: int) -> int:
+    """Drop documents that a later byte or row range of the same file repeats (`parts`: the parts
+    of such ranges; the first occurrence is kept, as a whole-file read keeps it). Returns their
+    number."""
+    if len(parts) < 2:
+        return 0
+    bits, folder = _bits(len(parts) * docs_per_part), _folder(out, "docs", "keys")
+    save(np.asarray(parts, np.int64), _folder(out, "docs", "parts.npy"))
+    ctx.executor.run(doc_keys, [DocsTask(i, out, bits) for i in parts if not done(folder / f"p-{i:05d}")],
+                     "extract: repeated documents: keys", "documents")
+    ctx.executor.run(repeats, [RepeatsTask(t, out, bits) for t in range(1 << bits)
+                               if not _pairs_path(out, "docs", "keys", t).exists()], "extract: repeated documents", "documents")
+    found = _load_pairs(out, "docs", "keys", 1 << bits)
+    ctx.executor.run(drop, [DropTask(int(i), out, found[found[:, 0] == i, 1]) for i in np.unique(found[:, 0])],
+                     "extract: repeated documents: drop", "documents")
+    return len(found)
+
+
 def _near(ctx: Context, out: Path, starts: np.ndarray, dups: np.ndarray, distance: int) -> np.ndarray:
     """(row, first row of its group) of every image in a near-duplicate group but its first."""
     n_parts = len(starts) - 1

@@ -1,15 +1,21 @@
-"""The extract stage: read documents, filter images and sentences per part, then deduplicate.
+"""The extract stage: tasks read their own shards of the inputs, filter images and sentences,
+then a bucketed global dedup.
 
-Phase 1 streams the inputs in chunks of `docs_per_part` documents; each chunk is one task that
-writes `_raw/images`, `_raw/sentences` and `blobs` (the bytes of images that passed the quality
-filters, so later stages never re-read the input). Phase 2 is the global dedup step, bucketed
-tasks (`dedup.py`: exact keys by their top bits, pHashes by their chunks), which writes the final
-`images/` and `sentences/` parts with every rejected item's reason and, for duplicates, the id
-of the item kept in its place (`dup_of`).
+Planning reads metadata only (`io.readers.plan`: sizes, counts, the EPUB package document): a
+task carries a `Shard`, never content. Phase 1, a task per shard, reads its documents, cuts them
+into parts of at most `docs_per_part` documents and about `items_per_part` items, and writes per
+part `_raw/{images,sentences,blobs,downloads}/sSSSSSS-KKKKK.parquet` (blobs: the bytes of images
+that passed the quality filters, so later stages never re-read the input), then
+`_raw/shards/SSSSSS.json` with its counts (the shard's done mark). The driver then numbers the
+parts in shard order (renames to `part-NNNNN`), drops documents repeated across the byte or row
+ranges of one file (`dedup.repeated_documents`), and runs the global dedup step as bucketed tasks
+(`dedup.py`), which writes the final `images/` and `sentences/` parts with every rejected item's
+reason and, for duplicates, the id of the item kept in its place (`dup_of`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -24,12 +30,13 @@ from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io.documents import Document
 from realsyn.io.download import DownloadCache, download_documents
 from realsyn.io.policy import from_config
-from realsyn.io.readers import detect, read_documents
+from realsyn.io.readers import Shard, detect, plan, read_shard
 from realsyn.io.readers.base import SKIPPED
 from realsyn.models.registry import spec_files
+from realsyn.runtime import mirror
 from realsyn.runtime.context import Context
 from realsyn.runtime.stage import Plan, Resources, Stage
-from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_table
+from realsyn.runtime.workspace import fingerprint, part_name, summarize, write_json, write_table
 from realsyn.tables import (
     BLOB_SCHEMA,
     DOWNLOAD_SCHEMA,
@@ -47,13 +54,24 @@ NAME = "extract"
 
 @dataclass(frozen=True)
 class _Task:
-    index: int
-    docs: list[Document]
+    index: int  # shard
+    shard: Shard
     cfg: ExtractConfig
     models: ModelsConfig
     device: str
     out: Path
     download: DownloadConfig | None = None
+
+
+RAW = ("images", "sentences", "blobs", "downloads")  # phase 1's tables, per part
+
+
+def _raw(out: Path, table: str, shard: int, k: int) -> Path:
+    return out / "_raw" / table / f"s{shard:06d}-{k:05d}.parquet"
+
+
+def _marker(out: Path, shard: int) -> Path:
+    return out / "_raw" / "shards" / f"{shard:06d}.json"
 
 
 def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
@@ -72,30 +90,44 @@ def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
 
 
 def _process(task: _Task) -> int:
-    """Phase 1 for one part (runs in a worker). Returns the number of documents."""
-    name = part_name(task.index)
+    """Phase 1 for one shard (runs in a worker): its parts, then its done mark. Returns the number of documents."""
+    before, docs, parts = Counter(SKIPPED), 0, 0
+    score = scorers(task.cfg, task.models, task.device)
+    for parts, chunk in enumerate(_chunks(read_shard(task.shard, from_config(task.cfg)), task.cfg), 1):
+        _part(task, chunk, score, parts - 1)
+        docs += len(chunk)
+    skipped = SKIPPED - before if task.shard.slice[0] == 0 else Counter()
+    ranged = task.shard.format in RANGED and (task.shard.start > 0 or task.shard.stop is not None)
+    write_json({"parts": parts, "documents": docs, "skipped": dict(skipped), "ranged": ranged}, _marker(task.out, task.index))
+    return docs
+
+
+RANGED = ("mmc4", "obelics")  # formats whose byte or row ranges may repeat a document (a re-crawled URL)
+
+
+def _part(task: _Task, docs: list[Document], score: Scorers, k: int) -> None:
+    """Filter one part's documents and write its raw tables (images last)."""
     if task.download is not None and task.download.enabled:  # URL-only images: fetch (cache in WORK/download)
-        fetched = download_documents(task.docs, task.download, DownloadCache(task.out.parent / "download"))
-        write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA), task.out / "downloads" / name)
-    rows = extract_documents(task.docs, task.cfg, scorers(task.cfg, task.models, task.device))
-    write_table(pa.table(rows.blobs, schema=BLOB_SCHEMA), task.out / "blobs" / name)
-    write_table(pa.table(rows.sentences, schema=SENTENCE_SCHEMA), task.out / "_raw" / "sentences" / name)
-    write_table(pa.table(rows.images, schema=IMAGE_SCHEMA), task.out / "_raw" / "images" / name)  # last: done mark
-    return rows.documents
+        fetched = download_documents(docs, task.download, DownloadCache(task.out.parent / "download"))
+        write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA),
+                    _raw(task.out, "downloads", task.index, k))
+    rows = extract_documents(docs, task.cfg, score)
+    write_table(pa.table(rows.blobs, schema=BLOB_SCHEMA), _raw(task.out, "blobs", task.index, k))
+    write_table(pa.table(rows.sentences, schema=SENTENCE_SCHEMA), _raw(task.out, "sentences", task.index, k))
+    write_table(pa.table(rows.images, schema=IMAGE_SCHEMA), _raw(task.out, "images", task.index, k))
 
 
-def _chunks(inputs: Iterable[Path], cfg: ExtractConfig) -> Iterator[list[Document]]:
+def _chunks(docs: Iterable[Document], cfg: ExtractConfig) -> Iterator[list[Document]]:
     """Documents in parts of at most `docs_per_part` documents and about `items_per_part` items
-    (a part closes once it reaches either), so that a few long books still make several parts."""
+    (a part closes once it reaches either)."""
     buf: list[Document] = []
-    items, policy = 0, from_config(cfg)
-    for path in inputs:
-        for doc in read_documents(path, policy):
-            buf.append(doc)
-            items += len(doc.items)
-            if len(buf) == cfg.docs_per_part or items >= cfg.items_per_part:
-                yield buf
-                buf, items = [], 0
+    items = 0
+    for doc in docs:
+        buf.append(doc)
+        items += len(doc.items)
+        if len(buf) == cfg.docs_per_part or items >= cfg.items_per_part:
+            yield buf
+            buf, items = [], 0
     if buf:
         yield buf
 
@@ -126,42 +158,91 @@ def _check_inputs(ctx: Context) -> None:
         detect(path)
 
 
-class _Parts:
-    """The stream of phase-1 tasks, one per chunk of documents not yet done (a finished part is
-    skipped; the driver reads every input, also when parts are done). Once read through, it holds
-    the number of parts, of documents and of documents the readers skipped, by reason."""
+class _Shards:
+    """The stream of phase-1 tasks, one per shard not yet done, planned from metadata. Once read
+    through, it holds the documents the planner skipped (symbolic links out of an input), by reason."""
 
     def __init__(self, inputs: list[Path], out: Path, cfg: Config) -> None:
         self.inputs, self.out, self.cfg = inputs, out, cfg
-        self.parts = self.documents = 0
-        self.skipped: dict[str, int] = {}
+        self.skipped: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[_Task]:
-        cfg, before = self.cfg, Counter(SKIPPED)
-        for i, docs in enumerate(_chunks(self.inputs, cfg.extract)):
-            self.parts, self.documents = i + 1, self.documents + len(docs)
-            if not (self.out / "_raw" / "images" / part_name(i)).exists():
-                yield _Task(i, docs, cfg.extract, cfg.models, cfg.runtime.device, self.out, cfg.download)
-        self.skipped = dict(sorted((SKIPPED - before).items()))
+        e = self.cfg.extract
+        shards = (s for path in self.inputs for s in plan(path, from_config(e), e.shard_kib << 10, e.docs_per_part))
+        for i, shard in enumerate(self._counted(shards)):
+            if not _marker(self.out, i).exists():
+                yield _Task(i, shard, e, self.cfg.models, self.cfg.runtime.device, self.out, self.cfg.download)
+
+    def _counted(self, shards: Iterator[Shard]) -> Iterator[Shard]:
+        """`shards`, counting what the planner skips (tasks may run in this process in between)."""
+        while True:
+            before = Counter(SKIPPED)
+            shard = next(shards, None)
+            self.skipped += SKIPPED - before
+            if shard is None:
+                return
+            yield shard
 
 
 def _plan(ctx: Context, out: Path) -> Plan:
-    """Phase 1's tasks, streamed from the inputs (none once every part is done)."""
+    """Phase 1's tasks, streamed from the plan of the inputs (none once the parts are numbered)."""
     if "parts" in ctx.ws.stage(NAME):
         return Plan()
-    parts = _Parts(ctx.inputs, out, ctx.cfg)
-    return Plan(parts, info=parts)
+    shards = _Shards(ctx.inputs, out, ctx.cfg)
+    return Plan(shards, info=shards)
+
+
+def _done_shards(out: Path) -> Iterator[tuple[int, dict, int]]:
+    """(shard, its counts, its first part's number) of every finished shard, in shard order."""
+    first = 0
+    for marker in sorted((out / "_raw" / "shards").glob("*.json")):
+        info = json.loads(marker.read_text())
+        yield int(marker.stem), info, first
+        first += info["parts"]
+
+
+def _number(out: Path) -> tuple[int, int, Counter]:
+    """Rename the shards' parts to `part-NNNNN` in shard order: images and sentences in `_raw/`,
+    blobs and downloads in place. Idempotent (a renamed file is gone from its old name), so an
+    interrupted numbering resumes. Returns (parts, documents, skipped by reason)."""
+    parts, docs, skipped = 0, 0, Counter[str]()
+    for shard, info, first in _done_shards(out):
+        for k in range(info["parts"]):
+            for table in RAW:
+                src = _raw(out, table, shard, k)
+                if src.exists():
+                    dest = (out / "_raw" / table if table in ("images", "sentences") else out / table) / part_name(first + k)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    src.replace(dest)
+        parts, docs = first + info["parts"], docs + info["documents"]
+        skipped.update(info["skipped"])
+    if (m := mirror.active()) is not None:  # the store holds the parts under their shard names
+        for folder in ("_raw", "blobs", "downloads"):
+            m.sync_up_path(out / folder)
+    return parts, docs, skipped
+
+
+def _ranged(out: Path) -> list[int]:
+    """The parts read from byte or row ranges of a file (where a document may repeat)."""
+    return [p for _, info, first in _done_shards(out) if info["ranged"] for p in range(first, first + info["parts"])]
 
 
 def _finish(ctx: Context, out: Path, plan: Plan) -> dict:
-    """Record phase 1's counts, then the global dedup; `_raw` is gone once done."""
+    """Number phase 1's parts and record their counts, drop repeated documents, then the global
+    dedup; `_raw` is gone once done."""
     ws, cfg = ctx.ws, ctx.cfg
-    if plan.info is not None:
-        ws.note(NAME, parts=plan.info.parts, documents=plan.info.documents, documents_skipped=plan.info.skipped)
-    n_parts, n_docs = ws.stage(NAME)["parts"], ws.stage(NAME)["documents"]
+    if "parts" not in ws.stage(NAME):
+        parts, docs, skipped = _number(out)
+        skipped.update(plan.info.skipped if plan.info is not None else {})
+        ws.note(NAME, parts=parts, documents=docs, documents_skipped=dict(sorted(skipped.items())))
+    stage = ws.stage(NAME)
+    n_parts = stage["parts"]
+    repeated = dedup.repeated_documents(ctx, out, _ranged(out), cfg.extract.docs_per_part)
+    skipped = Counter(stage["documents_skipped"]) + Counter({"repeated_document": repeated})
     images = dedup.deduplicate(ctx, out, "images", n_parts, cfg.extract.images.phash_distance)
     sentences = dedup.deduplicate(ctx, out, "sentences", n_parts, None)
-    counts = {"parts": n_parts, "documents": n_docs, "documents_skipped": ws.stage(NAME).get("documents_skipped", {}),
+    counts = {"parts": n_parts, "documents": stage["documents"] - repeated,
+              "documents_skipped": dict(sorted(skipped.items())),
               "images": summarize(images),
               "sentences": summarize(sentences)}
     shutil.rmtree(out / "_raw")

@@ -2,8 +2,10 @@
 
 Formats: Kiwix `.zim`, MMC4 `.jsonl[.gz]`, OBELICS-style `.parquet`, `.warc[.gz]`, a folder of
 `.html` files, and `.epub` (file or unpacked folder). Every reader is a generator
-`read(path, policy)`; the policy (`realsyn.io.policy`) says where local paths may point and caps
-every unit read.
+`read(path, policy, shard)`; the policy (`realsyn.io.policy`) says where local paths may point and caps
+every unit read. `plan(path, ...)` splits an input into `Shard`s from metadata alone (sizes,
+counts, the EPUB package document), so that tasks read their own shards and no content passes
+through the planner.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
 from realsyn.io.readers import epub, htmldir, mmc4, obelics, warc, zim  # noqa: E402
-from realsyn.io.readers.base import skip_links  # noqa: E402
+from realsyn.io.readers.base import WHOLE, Shard, skip_links  # noqa: E402
 
 
 def _container_files(folder: Path, policy: ReadPolicy = DEFAULT) -> list[Path]:
@@ -31,13 +33,13 @@ def _is_container(path: Path) -> bool:
     return any(path.name.lower().endswith(s) for s in SUFFIXES)
 
 
-def _read_folder(folder: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
+def _read_folder(folder: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
     """A folder of input files (e.g. several .zim or .warc.gz): each file read in sorted order."""
     for path in _container_files(folder, policy):
         yield from read_documents(path, policy)
 
 
-READERS: dict[str, Callable[[Path, ReadPolicy], Iterator[Document]]] = {
+READERS: dict[str, Callable[[Path, ReadPolicy, Shard], Iterator[Document]]] = {
     "zim": zim.read,
     "mmc4": mmc4.read,
     "obelics": obelics.read,
@@ -75,7 +77,30 @@ def detect(path: Path) -> str:
 def read_documents(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
     """Documents of `path` in a stable order. Format errors are raised here, at once; a corrupt
     container raises InputError when iteration starts."""
-    return READERS[detect(path)](Path(path), policy)
+    return READERS[detect(path)](Path(path), policy, WHOLE)
 
 
-__all__ = ["InputError", "READERS", "detect", "read_documents"]
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """The shards of `path`, in reading order: about `target` bytes each (ZIM: about `docs`
+    articles; an HTML folder: at most `docs` files); a WARC or gzipped JSONL file whole; for a
+    folder of inputs, each file's shards."""
+    path, fmt = Path(path), detect(path)
+    if fmt == "folder":
+        for f in _container_files(path, policy):
+            yield from plan(f, policy, target, docs)
+    elif fmt in PLANNERS:
+        yield from PLANNERS[fmt](path, policy, target, docs)
+    else:
+        yield Shard(path, fmt)
+
+
+PLANNERS: dict[str, Callable[[Path, ReadPolicy, int, int], Iterator[Shard]]] = {
+    "zim": zim.plan, "mmc4": mmc4.plan, "obelics": obelics.plan, "epub": epub.plan, "htmldir": htmldir.plan}
+
+
+def read_shard(shard: Shard, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
+    """The documents of one shard, in order."""
+    return READERS[shard.format](shard.path, policy, shard)
+
+
+__all__ = ["InputError", "READERS", "Shard", "detect", "plan", "read_documents", "read_shard"]

@@ -11,7 +11,8 @@ import stat
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
@@ -23,6 +24,39 @@ log = logging.getLogger("realsyn.io.readers")
 SKIPPED: Counter[str] = Counter()
 """Documents (or the rest of a stream) the readers of this process skipped, by reason; the extract
 stage reports the difference over its reading pass in the manifest (`documents_skipped`)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A piece of one input that a task opens and reads by itself: planned from metadata alone
+    (sizes, counts), it never carries content. `start`/`stop` are in the format's unit (ZIM
+    entry, JSONL byte, parquet row, EPUB spine item; None: to the end); an HTML folder's shard
+    names its `files`, and a long file is split into `slice` (k, K): the k-th of K runs of its
+    chapters, each run read by a task that parses the whole file (a skipped file is counted by
+    the slice k = 0 only)."""
+
+    path: Path
+    format: str
+    start: int = 0
+    stop: int | None = None
+    files: tuple[str, ...] = ()
+    slice: tuple[int, int] = (0, 1)
+
+
+WHOLE = Shard(Path(), "")
+"""The whole input (a reader given no shard reads everything)."""
+
+
+def by_size(sizes: list[int], target: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs [a, b) of units whose sizes add up to about `target` bytes (at least one unit each)."""
+    a, total = 0, 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total >= target:
+            yield a, i + 1
+            a, total = i + 1, 0
+    if a < len(sizes) or not sizes:
+        yield a, len(sizes)
 
 
 def skip(reason: str, message: str, *args: object, level: int = logging.WARNING) -> None:

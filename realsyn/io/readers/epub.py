@@ -6,7 +6,7 @@ an image, not anything in a 300-page book."""
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -17,9 +17,12 @@ from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers.base import (
+    WHOLE,
     FileRefused,
     Lookup,
+    Shard,
     base_name,
+    by_size,
     doc_id,
     folder_lookup,
     local_path,
@@ -66,13 +69,13 @@ def _spine(opf_path: str, opf: etree._Element) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy) -> Iterator[Document]:
-    """One document per spine item (a chapter), in reading order; spine items without text or
-    images are passed over. The book's title is every chapter's title."""
+def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy, shard: Shard) -> Iterator[Document]:
+    """One document per spine item (a chapter) of the shard's range, in reading order; spine items
+    without text or images are passed over. The book's title is every chapter's title."""
     lookup = memo(lookup)  # an image (or page) referenced many times is read once
     opf_path, opf = _package(path, lookup)
     title = norm(opf.findtext("{*}metadata/{http://purl.org/dc/elements/1.1/}title")) or None
-    for doc_path in _spine(opf_path, opf):
+    for doc_path in _spine(opf_path, opf)[shard.start:shard.stop]:
         try:
             data = lookup(doc_path)
         except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as exc:
@@ -87,22 +90,48 @@ def _book(path: Path, name: str, lookup: Lookup, policy: ReadPolicy) -> Iterator
             yield Document(doc_id(name, doc_path), doc_path, page[1], title or page[0])
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """The book's chapters as Documents (source = the spine item's path). Their doc_ids use the name
-    without `.epub`, so a zipped book and its unpacked folder give identical documents."""
-    path = Path(path)
+def _name(path: Path) -> str:
+    """The book's name in doc_ids, without `.epub`: a zipped book and its unpacked folder give identical documents."""
     name = base_name(path)
-    name = name[:-5] if name.lower().endswith(".epub") else name
+    return name[:-5] if name.lower().endswith(".epub") else name
+
+
+def _open(path: Path, policy: ReadPolicy) -> tuple[zipfile.ZipFile | None, Lookup, Callable[[str], int]]:
+    """(the zip or None for a folder, a lookup of its members, the size of a member: 0 if absent)."""
     if path.is_dir():
-        yield from _book(path, name, folder_lookup(path, policy), policy)
-        return
+        return None, folder_lookup(path, policy), lambda m: (path / m).stat().st_size if (path / m).is_file() else 0
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"cannot open EPUB {path}: {exc}") from exc
-    with zf:
-        names = set(zf.namelist())
-        yield from _book(path, name, partial(_zip_member, zf, names, path, policy.max_item_bytes), policy)
+    names = set(zf.namelist())
+    return (zf, partial(_zip_member, zf, names, path, policy.max_item_bytes),
+            lambda m: zf.getinfo(m).file_size if m in names else 0)
+
+
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """Spine ranges of about `target` bytes of chapter files (from the package document and the
+    zip directory or file sizes)."""
+    zf, lookup, size = _open(path, policy)
+    try:
+        opf_path, opf = _package(path, lookup)
+        spans = list(by_size([size(p) for p in _spine(opf_path, opf)], target))
+    finally:
+        if zf is not None:
+            zf.close()
+    for a, b in spans:
+        yield Shard(path, "epub", a, b)
+
+
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """The book's chapters (of the shard's spine range) as Documents (source = the spine item's path)."""
+    path = Path(path)
+    zf, lookup, _ = _open(path, policy)
+    try:
+        yield from _book(path, _name(path), lookup, policy, shard)
+    finally:
+        if zf is not None:
+            zf.close()
 
 
 def _zip_member(zf: zipfile.ZipFile, names: set[str], path: Path, cap: int, member: str) -> bytes | None:

@@ -10,7 +10,10 @@ from pathlib import Path
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy, walk_files
 from realsyn.io.readers.base import (
+    WHOLE,
+    Shard,
     base_name,
+    by_size,
     doc_id,
     folder_lookup,
     memo,
@@ -22,6 +25,7 @@ from realsyn.io.readers.base import (
 from realsyn.io.readers.html import page_items, split_chapters
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+MAX_SLICES = 16
 
 
 def _html_files(root: Path, policy: ReadPolicy = DEFAULT, links: list[Path] | None = None) -> Iterator[Path]:
@@ -33,14 +37,36 @@ def has_html(root: Path) -> bool:
     return any(True for _ in _html_files(root))
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """Files in sorted relative-path order; `source` is the posix path relative to the folder.
-    Image paths resolve relative to each file (`/x.png` to the folder root) and never leave the
-    folder (or `policy.roots`); http(s) images are url-only."""
+def _files(root: Path, policy: ReadPolicy) -> list[str]:
+    """The HTML files' posix paths relative to `root`, sorted; symbolic links out of it are counted."""
+    links: list[Path] = []
+    files = sorted(p.relative_to(root).as_posix() for p in _html_files(root, policy, links))
+    skip_links(links, lambda p: p.suffix.lower() in HTML_SUFFIXES)
+    return files
+
+
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """Runs of files of about `target` bytes and at most `docs` files; a file over `target` bytes
+    (a book) alone, in ceil(size / target) slices of its chapters (at most MAX_SLICES: each
+    slice's task parses the whole file)."""
+    root = Path(path)
+    files = _files(root, policy)
+    sizes = [(root / f).stat().st_size for f in files]
+    for a, b in by_size(sizes, target):
+        for s in range(a, b, docs):
+            run = tuple(files[s:min(b, s + docs)])
+            k = min(MAX_SLICES, -(-sizes[s] // target)) if len(run) == 1 else 1
+            for j in range(k):
+                yield Shard(root, "htmldir", files=run, slice=(j, k))
+
+
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """The shard's files (all by default) in sorted relative-path order; `source` is the posix
+    path relative to the folder. Image paths resolve relative to each file (`/x.png` to the folder
+    root) and never leave the folder (or `policy.roots`); http(s) images are url-only."""
     root = Path(path)
     name, lookup = base_name(root), folder_lookup(root, policy)
-    links: list[Path] = []
-    for rel in sorted(p.relative_to(root).as_posix() for p in _html_files(root, policy, links)):
+    for rel in shard.files or _files(root, policy):
         try:
             data = read_file(root / rel, root, policy)
         except OSError as exc:
@@ -53,9 +79,7 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
         if page is None:
             continue
         chapters = split_chapters(page[1])
-        if len(chapters) == 1:
-            yield Document(doc_id(name, rel), rel, chapters[0], page[0])
-            continue
-        for k, items in enumerate(chapters):  # a book: one document per chapter
-            yield Document(doc_id(name, f"{rel}#{k}"), f"{rel}#{k}", items, page[0])
-    skip_links(links, lambda p: p.suffix.lower() in HTML_SUFFIXES)
+        j, k = shard.slice
+        for i in (i for i in range(len(chapters)) if i * k // len(chapters) == j):
+            locator = rel if len(chapters) == 1 else f"{rel}#{i}"  # a book: one document per chapter
+            yield Document(doc_id(name, locator), locator, chapters[i], page[0])

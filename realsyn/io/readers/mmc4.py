@@ -12,38 +12,65 @@ from typing import BinaryIO
 from realsyn.errors import InputError
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers.base import Seen, base_name, doc_id, skip, text_item, within_budget
+from realsyn.io.readers.base import WHOLE, Seen, Shard, base_name, doc_id, skip, text_item, within_budget
 
 MAX_LINE_BYTES = 64 << 20
 """Longest JSON line read (64 MiB, far above any real MMC4 document); a longer one, such as a
 decompression bomb, is read past in 1 MiB pieces, never held, and skipped as `oversized_line`."""
 
 
-def _bounded(fh: BinaryIO | gzip.GzipFile, limit: int) -> Iterator[bytes | None]:
-    """The lines of `fh`; None for a line longer than `limit` bytes."""
-    while line := fh.readline(limit + 1):
+def _bounded(fh: BinaryIO | gzip.GzipFile, limit: int, offset: int, stop: int | None) -> Iterator[tuple[int, bytes | None]]:
+    """(offset, line) of the lines of `fh` that start before `stop`; None for a line longer than `limit` bytes."""
+    while (stop is None or offset < stop) and (line := fh.readline(limit + 1)):
+        start, offset = offset, offset + len(line)
         if len(line) <= limit:
-            yield line
+            yield start, line
             continue
-        while line and not line.endswith(b"\n"):
-            line = fh.readline(1 << 20)
-        yield None
+        offset += 0 if line.endswith(b"\n") else _skip_line(fh)
+        yield start, None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, line or None if oversized) pairs; a truncated or damaged gzip stream ends
-    them with a warning."""
-    n = 0
+def _lines(path: Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """(byte offset, line or None if oversized) of the lines that start in [start, stop) (a plain
+    file; a gzip file is read whole); a truncated or damaged gzip stream ends them with a warning."""
+    at: int | None = None  # the last line's offset
     try:
-        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
-            for n, line in enumerate(_bounded(fh, MAX_LINE_BYTES), 1):
-                yield n, line
+        with (gzip.open(path, "rb") if _gzip(path) else path.open("rb")) as fh:
+            begin = start - 1 + _skip_line(fh, start - 1) if start > 0 else 0  # that line belongs to the range before
+            for at, line in _bounded(fh, MAX_LINE_BYTES, begin, stop):
+                yield at, line
     except EOFError:
-        skip("damaged_stream_tail", "%s: gzip stream truncated after line %d; stopping there", path, n)
+        skip("damaged_stream_tail", "%s: gzip stream truncated after byte %d; stopping there", path, at or 0)
     except (gzip.BadGzipFile, zlib.error) as exc:
-        if n == 0:
+        if at is None:
             raise InputError(f"cannot read {path}: not a valid gzip file ({exc})") from exc
-        skip("damaged_stream_tail", "%s: damaged gzip stream after line %d (%s); stopping there", path, n, exc)
+        skip("damaged_stream_tail", "%s: damaged gzip stream after byte %d (%s); stopping there", path, at, exc)
+
+
+def _skip_line(fh: BinaryIO | gzip.GzipFile, seek: int | None = None) -> int:
+    """Read past the rest of the current line (after seeking to `seek`) in 1 MiB pieces; the bytes read."""
+    if seek is not None:
+        fh.seek(seek)
+    read = 0
+    while piece := fh.readline(1 << 20):
+        read += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return read
+
+
+def _gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """Byte ranges of about `target` bytes (a line belongs to the range it starts in); a gzip file whole."""
+    size = path.stat().st_size
+    if _gzip(path) or size <= target:
+        yield Shard(path, "mmc4")
+        return
+    for start in range(0, size, target):
+        yield Shard(path, "mmc4", start, min(start + target, size))
 
 
 def _items(doc: dict) -> list[Item]:
@@ -65,29 +92,30 @@ def _items(doc: dict) -> list[Item]:
     return items + after.get(-1, [])
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """One document per JSON line, in file order; doc_id from the `url` (else the line number).
-    Malformed lines are skipped with a warning; a repeated url is skipped, and so is a document
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """One document per JSON line (of the shard's byte range), in file order; doc_id from the
+    `url` (else the line's byte offset). Malformed lines are skipped with a warning; a repeated
+    url is skipped (within the range: extract drops repeats across ranges), and so is a document
     whose text exceeds `policy.max_document_bytes`."""
     path = Path(path)
     name, seen = base_name(path), Seen(path)
-    for n, line in _lines(path):
+    for n, line in _lines(path, shard.start, shard.stop):
         if line is None:
-            skip("oversized_line", "%s line %d: skipping a line over %d bytes", path, n, MAX_LINE_BYTES)
+            skip("oversized_line", "%s byte %d: skipping a line over %d bytes", path, n, MAX_LINE_BYTES)
             continue
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
         except ValueError as exc:  # includes bad UTF-8
-            skip("malformed_json", "%s line %d: skipping malformed JSON (%s)", path, n, exc)
+            skip("malformed_json", "%s byte %d: skipping malformed JSON (%s)", path, n, exc)
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("text_list") or [], list) \
                 or not isinstance(doc.get("image_info") or [], list):
-            skip("not_a_document", "%s line %d: skipping, not an MMC4 document", path, n)
+            skip("not_a_document", "%s byte %d: skipping, not an MMC4 document", path, n)
             continue
         url = doc.get("url")
-        locator = url if isinstance(url, str) and url else f"line {n}"
+        locator = url if isinstance(url, str) and url else f"byte {n}"
         did = doc_id(name, locator)
         if not seen.first(did, locator):
             continue
@@ -95,4 +123,4 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
         if within_budget(items, policy):
             yield Document(did, locator, items)
         else:
-            skip("oversized_document", "%s line %d: skipping, text over extract.max_document_mib", path, n)
+            skip("oversized_document", "%s byte %d: skipping, text over extract.max_document_mib", path, n)

@@ -17,8 +17,11 @@ from realsyn.io.arrow import TOO_LARGE, largest_page, to_records
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers.base import (
+    WHOLE,
     Seen,
+    Shard,
     base_name,
+    by_size,
     data_uri_item,
     doc_id,
     file_item,
@@ -125,35 +128,63 @@ def _byte_leaves(pf: pq.ParquetFile, columns: list[str]) -> list[str]:
             if c.physical_type == "BYTE_ARRAY" and c.path.split(".")[0] in columns]
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """Rows in file order, streamed in small batches. doc_id from the `url` column, else
-    `general_metadata.url`, else the row number; a repeated url is skipped. A cell over
-    `policy.max_item_bytes` is never converted (an image gets `too_large`, a text drops the
-    document as `oversized_document`), and nor is a document whose text exceeds
-    `policy.max_document_bytes`."""
-    path = Path(path)
+def _open(path: Path) -> tuple[pq.ParquetFile, list[str]]:
+    """The file (string leaves read as dictionaries) and the columns to read; InputError if it is not OBELICS-style."""
     try:
         pf = pq.ParquetFile(path)
         columns = _check_schema(pf, path)
-        pf = pq.ParquetFile(path, read_dictionary=_byte_leaves(pf, columns))
+        return pq.ParquetFile(path, read_dictionary=_byte_leaves(pf, columns)), columns
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read parquet file {path}: {exc}") from exc
+
+
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """Row ranges of about `target` uncompressed bytes: whole row groups, or slices of a large one."""
+    meta = _open(path)[0].metadata
+    row = 0
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    for a, b in by_size([g.total_byte_size for g in groups], target):
+        rows = sum(g.num_rows for g in groups[a:b])
+        k = max(1, min(rows, -(-sum(g.total_byte_size for g in groups[a:b]) // target)))
+        for j in range(k):
+            yield Shard(path, "obelics", row + rows * j // k, row + rows * (j + 1) // k)
+        row += rows
+
+
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """Rows in file order (those of the shard's row range), streamed in small batches. doc_id from
+    the `url` column, else `general_metadata.url`, else the row number; a repeated url is skipped
+    (within the range: extract drops repeats across ranges). A cell over `policy.max_item_bytes`
+    is never converted (an image gets `too_large`, a text drops the document as
+    `oversized_document`), and nor is a document whose text exceeds `policy.max_document_bytes`."""
+    path = Path(path)
+    pf, columns = _open(path)
     name, seen, row = base_name(path), Seen(path), 0
+    stop = pf.metadata.num_rows if shard.stop is None else shard.stop
     try:
         with path.open("rb") as fh:
             for g in range(pf.metadata.num_row_groups):
                 meta = pf.metadata.row_group(g)
+                if row + meta.num_rows <= shard.start or row >= stop:
+                    row += meta.num_rows
+                    continue
                 if not 0 <= largest_page(fh, meta) <= 2 * policy.max_item_bytes:
-                    for _ in range(meta.num_rows):
+                    mine = range(max(row, shard.start), min(row + meta.num_rows, stop))
+                    for r in mine:
                         skip("oversized_row_group", "%s row %d: skipping, its row group has a page that inflates "
-                             "beyond 2 x extract.max_item_mib (or an unreadable page header)", path, row, level=logging.DEBUG)
-                        row += 1
-                    log.warning("%s: skipped row group %d (%d rows): a page inflates beyond the cap", path, g, meta.num_rows)
+                             "beyond 2 x extract.max_item_mib (or an unreadable page header)", path, r, level=logging.DEBUG)
+                    log.warning("%s: skipped %d rows of row group %d: a page inflates beyond the cap", path, len(mine), g)
+                    row += meta.num_rows
                     continue
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, row_groups=[g]):
+                    if row >= stop:
+                        break
+                    if row + batch.num_rows <= shard.start:
+                        row += batch.num_rows
+                        continue
                     for rec in to_records(batch, policy.max_item_bytes):
                         row += 1
-                        if (doc := _document(rec, row - 1, name, seen, path, policy)) is not None:
+                        if shard.start < row <= stop and (doc := _document(rec, row - 1, name, seen, path, policy)) is not None:
                             yield doc
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read parquet file {path} (row {row}): {exc}") from exc

@@ -17,7 +17,7 @@ from warcio.recordloader import ArcWarcRecord
 from realsyn.errors import InputError
 from realsyn.io.documents import Document, Item
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers.base import Seen, base_name, canonical_url, doc_id, is_remote, log, skip
+from realsyn.io.readers.base import WHOLE, Seen, Shard, base_name, canonical_url, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import page_items
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -92,8 +92,8 @@ def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO, cap: in
     return Item("image", data=hit.data, url=url, error=hit.error)
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """Status-200 HTML responses in archive order (`revisit` and other records ignored); a URL
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """The whole archive (one shard: its pages' images may lie anywhere in it). Status-200 HTML responses in archive order (`revisit` and other records ignored); a URL
     captured twice keeps its first capture. doc_id from the target URL. A page over
     `policy.max_document_bytes` is skipped, an image over `policy.max_item_bytes` is `too_large`."""
     path = Path(path)

@@ -11,7 +11,7 @@ from libzim.reader import Archive
 from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers.base import FileRefused, base_name, doc_id, memo, resolve_relative, skip
+from realsyn.io.readers.base import WHOLE, FileRefused, Shard, base_name, doc_id, memo, resolve_relative, skip
 from realsyn.io.readers.html import page_items
 
 
@@ -22,10 +22,20 @@ def _open(path: Path) -> Archive:
         raise InputError(f"cannot open ZIM archive {path}: {exc}") from exc
 
 
-def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
-    """Non-redirect `text/html` entries in archive order: `A/...` in old-scheme archives, every
-    content (`C`) entry in new-scheme ones. Image paths are resolved relative to the article path.
-    An entry over `policy.max_item_bytes` is refused (`too_large`) before its content is read."""
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+    """Entry ranges holding about `docs` articles each (from the header's counts)."""
+    archive = _open(path)
+    n = archive.entry_count
+    step = max(1, docs * n // max(1, archive.article_count))
+    for start in range(0, max(n, 1), step):
+        yield Shard(path, "zim", start, min(start + step, n))
+
+
+def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
+    """Non-redirect `text/html` entries in archive order (those of the shard's entry range):
+    `A/...` in old-scheme archives, every content (`C`) entry in new-scheme ones. Image paths are
+    resolved relative to the article path. An entry over `policy.max_item_bytes` is refused
+    (`too_large`) before its content is read."""
     archive = _open(path)
     name, new_scheme = base_name(path), archive.has_new_namespace_scheme
 
@@ -38,7 +48,8 @@ def read(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Document]:
             raise FileRefused("too_large", f"{path}:{p}")
         return bytes(item.content)
 
-    for i in range(archive.entry_count):  # new scheme: user (C) entries only; old: all entries
+    stop = archive.entry_count if shard.stop is None else min(shard.stop, archive.entry_count)
+    for i in range(shard.start, stop):  # new scheme: user (C) entries only; old: all entries
         try:
             entry = archive._get_entry_by_id(i)
             if entry.is_redirect or not (new_scheme or entry.path.startswith(("A/", "C/"))):
