@@ -28,11 +28,13 @@ ExecOpt = typer.Option(None, "--executor", help="local or ray (overrides runtime
 WorkersOpt = typer.Option(None, "--workers", help="Worker processes (overrides runtime.workers; 0 = one per core).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 JsonOpt = typer.Option(False, "--json", help="Print every count of the stages run (the manifest's counts) as JSON instead of the summary.")
+ImagesOpt = typer.Option(None, "--images", help="An img2dataset output folder to take URL-only images from (repeatable; extract.images.sources).")
 OutOpt = typer.Option(..., "--out", "-o", help="Workspace folder, or an fsspec URL (s3://, gs://) worked on in a local scratch copy ($REALSYN_SCRATCH).")
 
 
 def _context(out: str, config: Path | None, sets: list[str] | None, executor: str | None,
-             workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None) -> Context:
+             workers: int | None, quiet: bool, inputs: Sequence[str | Path] | None = None,
+             images: list[str] | None = None) -> Context:
     """The run's context; `inputs` None means those the workspace's extract stage recorded."""
     setup(quiet)
     ws = _workspace(out)
@@ -47,6 +49,8 @@ def _context(out: str, config: Path | None, sets: list[str] | None, executor: st
         changes["runtime.executor"] = executor
     if workers is not None:
         changes["runtime.workers"] = workers
+    if images:
+        changes["extract.images.sources"] = [i if remote.is_url(i) else str(Path(i).resolve()) for i in images]
     cfg = load_config(config, changes)
     paths = [remote.localize(str(p), work) for p in inputs]  # URLs are fetched into WORK/_inputs
     for p in paths:
@@ -92,11 +96,12 @@ def summary(counts: dict[str, Any], ws: Workspace) -> list[str]:
 
 
 def _run(inputs: Sequence[str], out: str, until: str | None, config: Path | None,
-         sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool, as_json: bool = False) -> None:
+         sets: list[str] | None, executor: str | None, workers: int | None, quiet: bool, as_json: bool = False,
+         images: list[str] | None = None) -> None:
     def go() -> None:
         if until is not None and until not in pipeline.NAMES:
             fail(f"unknown stage '{until}'; stages: {', '.join(pipeline.NAMES)}")
-        ctx = _context(out, config, sets, executor, workers, quiet, inputs)
+        ctx = _context(out, config, sets, executor, workers, quiet, inputs, images)
         with ctx.executor:
             counts = pipeline.run(ctx, until)
         if as_json:
@@ -112,18 +117,18 @@ def run(inputs: list[str] = typer.Argument(..., help="Input files or folders (.z
         out: str = OutOpt, until: str | None = typer.Option(None, help="Stop after this stage."),
         config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
         executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
-        as_json: bool = JsonOpt) -> None:
+        as_json: bool = JsonOpt, images: list[str] | None = ImagesOpt) -> None:
     """Run the pipeline on INPUT... into WORK, resuming where it stopped."""
-    _run(inputs, out, until, config, set_, executor, workers, quiet, as_json)
+    _run(inputs, out, until, config, set_, executor, workers, quiet, as_json, images)
 
 
 @app.command()
 def extract(inputs: list[str] = typer.Argument(..., help="Input files or folders, local or fsspec URLs."), out: str = OutOpt,
             config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
             executor: str | None = ExecOpt, workers: int | None = WorkersOpt, quiet: bool = QuietOpt,
-            as_json: bool = JsonOpt) -> None:
+            as_json: bool = JsonOpt, images: list[str] | None = ImagesOpt) -> None:
     """Extract and filter images and sentences (the first stage)."""
-    _run(inputs, out, "extract", config, set_, executor, workers, quiet, as_json)
+    _run(inputs, out, "extract", config, set_, executor, workers, quiet, as_json, images)
 
 
 def _stage_command(name: str) -> Callable[..., None]:

@@ -32,6 +32,7 @@ class ImageFilters(_Section):
     max_pixels: int = Field(89_478_485, ge=1, le=1_000_000_000, description="Decompression-bomb guard: reject images declaring more pixels than this, before decoding (Pillow's default limit).")
     max_nsfw: float | None = Field(None, ge=0, le=1, description="Reject images whose NSFW score (models.nsfw) is above this; null = off (the paper's OBELICS input was NSFW-filtered upstream).")
     roots: list[str] = Field(default_factory=list, description="Folders outside the input that local image paths taken from the data (an OBELICS path, an `<img src>`) may point into. By default a path is read only if its real path (symbolic links resolved) lies inside the input's own folder; any other is rejected as `outside_input`, unread.")
+    sources: list[str] = Field(default_factory=list, description="img2dataset output folders (local or fsspec URLs, copied once into WORK/_inputs; output format webdataset, parquet or files) to take URL-only images from (OBELICS, MMC4): indexed by URL once (WORK/sources/), each such image gets the shard's bytes, a URL img2dataset failed on is rejected as `not_downloaded` with its `error_message` as `detail`, and a URL absent from them is downloaded when `download.enabled`. CLI: --images DIR (repeatable).")
     phash_distance: int = Field(4, ge=0, le=16, description="Perceptual dedup: images whose 64-bit pHash differ in at most this many bits are near-duplicates (choice: 4; a resize or re-encode moves pHash by 0-2 bits, different photos by ~30).")
 
 

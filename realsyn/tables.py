@@ -25,7 +25,7 @@ IMAGE_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),
     ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("phash", pa.int64()),
     ("nsfw", pa.float32()), ("url", pa.string()), ("alt", pa.string()), ("caption", pa.string()), ("source", pa.string()),
-    ("status", pa.string()), ("reason", pa.string()), ("path", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()), ("path", pa.string()), ("detail", pa.string()),
 ])
 SENTENCE_SCHEMA = pa.schema([
     ("sentence_id", pa.string()), ("doc_id", pa.string()), ("position", pa.int32()),

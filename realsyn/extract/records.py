@@ -36,7 +36,7 @@ class PartRows:
 
 
 IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "doc_id", "position", "width", "height", "format", "phash", "nsfw",
-                 "url", "alt", "caption", "source", "status", "reason", "path")
+                 "url", "alt", "caption", "source", "status", "reason", "path", "detail")
 SENTENCE_COLUMNS: tuple[str, ...] = ("sentence_id", "doc_id", "position", "text", "words", "entropy", "language",
                     "perplexity", "text_hash", "source", "status", "reason", "kind")
 KINDS = ("sentence", "caption", "alt")
@@ -61,7 +61,7 @@ def _image_row(rows: PartRows, doc: Document, pos: int, item: Any, cfg: ExtractC
         image_id = stable_id("url", item.url or f"{doc.doc_id}:{pos}", length=32)
         reason = item.error or ("not_downloaded" if item.url else "missing")
     values = (image_id, doc.doc_id, pos, width, height, fmt, phash, None, item.url, item.alt,
-              item.caption, doc.source, "kept" if reason is None else "rejected", reason, item.path)
+              item.caption, doc.source, "kept" if reason is None else "rejected", reason, item.path, item.detail)
     for col, v in zip(IMAGE_COLUMNS, values):
         rows.images[col].append(v)
 

@@ -27,11 +27,13 @@ import pyarrow as pa
 from realsyn.config import Config, DownloadConfig, ExtractConfig, ModelsConfig
 from realsyn.extract import dedup
 from realsyn.extract.records import Scorers, extract_documents
+from realsyn.io import img2dataset
 from realsyn.io.documents import Document
 from realsyn.io.download import DownloadCache, download_documents
 from realsyn.io.policy import from_config
 from realsyn.io.readers import Shard, detect, plan, read_shard
 from realsyn.io.readers.base import SKIPPED
+from realsyn.io.remote import localize
 from realsyn.models.registry import spec_files
 from realsyn.runtime import mirror
 from realsyn.runtime.context import Context
@@ -61,6 +63,7 @@ class _Task:
     device: str
     out: Path
     download: DownloadConfig | None = None
+    images: Path | None = None  # the index of extract.images.sources (img2dataset output)
 
 
 RAW = ("images", "sentences", "blobs", "downloads")  # phase 1's tables, per part
@@ -107,6 +110,8 @@ RANGED = ("mmc4", "obelics")  # formats whose byte or row ranges may repeat a do
 
 def _part(task: _Task, docs: list[Document], score: Scorers, k: int) -> None:
     """Filter one part's documents and write its raw tables (images last)."""
+    if task.images is not None:  # URL-only images from img2dataset output
+        img2dataset.fill(docs, img2dataset.Index(task.images))
     if task.download is not None and task.download.enabled:  # URL-only images: fetch (cache in WORK/download)
         fetched = download_documents(docs, task.download, DownloadCache(task.out.parent / "download"))
         write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA),
@@ -147,23 +152,31 @@ def _inputs_key(ctx: Context) -> str:
     """The inputs' fingerprint; with download on, also the set of failed URLs (read once per run,
     so a re-run retries them)."""
     key = fingerprint(ctx.inputs, ctx.ws.root)
+    if ctx.cfg.extract.images.sources:
+        key += img2dataset.index_id(_sources(ctx))
     if ctx.cfg.download.enabled:
         key += ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
     return key
+
+
+def _sources(ctx: Context) -> list[Path]:
+    """The image source folders (URLs copied into the workspace once)."""
+    return [localize(s, ctx.ws.root) for s in ctx.cfg.extract.images.sources]
 
 
 def _check_inputs(ctx: Context) -> None:
     """A bad input stops the run before the finished stage is cleared."""
     for path in ctx.inputs:
         detect(path)
+    img2dataset.shards(_sources(ctx))
 
 
 class _Shards:
     """The stream of phase-1 tasks, one per shard not yet done, planned from metadata. Once read
     through, it holds the documents the planner skipped (symbolic links out of an input), by reason."""
 
-    def __init__(self, inputs: list[Path], out: Path, cfg: Config) -> None:
-        self.inputs, self.out, self.cfg = inputs, out, cfg
+    def __init__(self, inputs: list[Path], out: Path, cfg: Config, images: Path | None = None) -> None:
+        self.inputs, self.out, self.cfg, self.images = inputs, out, cfg, images
         self.skipped: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[_Task]:
@@ -171,7 +184,7 @@ class _Shards:
         shards = (s for path in self.inputs for s in plan(path, from_config(e), e.shard_kib << 10, e.docs_per_part))
         for i, shard in enumerate(self._counted(shards)):
             if not _marker(self.out, i).exists():
-                yield _Task(i, shard, e, self.cfg.models, self.cfg.runtime.device, self.out, self.cfg.download)
+                yield _Task(i, shard, e, self.cfg.models, self.cfg.runtime.device, self.out, self.cfg.download, self.images)
 
     def _counted(self, shards: Iterator[Shard]) -> Iterator[Shard]:
         """`shards`, counting what the planner skips (tasks may run in this process in between)."""
@@ -185,10 +198,13 @@ class _Shards:
 
 
 def _plan(ctx: Context, out: Path) -> Plan:
-    """Phase 1's tasks, streamed from the plan of the inputs (none once the parts are numbered)."""
+    """Phase 1's tasks, streamed from the plan of the inputs (none once the parts are numbered),
+    after indexing the image sources if there are any."""
     if "parts" in ctx.ws.stage(NAME):
         return Plan()
-    shards = _Shards(ctx.inputs, out, ctx.cfg)
+    sources = _sources(ctx)
+    images = img2dataset.build(ctx.executor, sources, ctx.ws.root / "sources") if sources else None
+    shards = _Shards(ctx.inputs, out, ctx.cfg, images)
     return Plan(shards, info=shards)
 
 

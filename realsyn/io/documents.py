@@ -36,6 +36,8 @@ class Item:
     role: str | None = None
     path: str | None = None
     """Where a local image was found: its path inside the input (archive member, file)."""
+    detail: str | None = None
+    """More about `error` where a source gave it (img2dataset's `error_message`)."""
 
 
 @dataclass
