@@ -21,7 +21,7 @@ from PIL import Image
 
 from realsyn.config import DownloadConfig
 from realsyn.io.documents import Document, Item
-from realsyn.io.download import DownloadCache, Downloader, download_documents, public, robots_disallowed
+from realsyn.io.download import Downloader, DownloadStore, download_documents, public, robots_disallowed
 
 
 def _png(seed: int, size=(160, 120)) -> bytes:
@@ -264,22 +264,23 @@ def test_rerun_retries_only_the_failures(servers, tmp_path):
     cfg = _cfg(outer, retries=0)
     urls = [outer.url(p) for p in ("/img.png", "/other.png", "/flaky.png?r", "/missing2.png", "/img.png")]
     docs = [Document("d1", "s", [Item("text", text="A red square."), Item("image", url=u)]) for u in urls]
-    cache = DownloadCache(tmp_path / "cache")
+    cache = DownloadStore(tmp_path / "cache", "s000000-00000")
     base = outer.hits.copy()
     first = download_documents(docs, cfg, cache)
     assert [(r.status, r.error) for r in first] == [("ok", None), ("ok", None), ("error", "http_503"),
                                                     ("error", "http_404")]  # one record per distinct URL
     assert [d.items[1].error for d in docs] == [None, None, "download_http_503", "download_http_404", None]
     assert docs[0].items[1].data == PNG and docs[4].items[1].data == PNG
-    assert len(cache.failures()) == 2
-    state = cache.state()
+    failed = cache.folder / "failed.txt"
+    assert len(failed.read_text().split()) == 2 and not list(cache.folder.glob("b-*"))  # batches merged
+    state = DownloadStore.state(tmp_path / "cache")
     docs2 = [Document("d1", "s", [Item("image", url=u)]) for u in urls]
     second = download_documents(docs2, cfg, cache)
     fetched = outer.hits - base
     assert fetched == Counter({"/img.png": 1, "/other.png": 1, "/flaky.png": 2, "/missing2.png": 2})
     assert [r.cached for r in second] == [True, True, False, False]
     assert second[2].status == "ok" and docs2[2].items[0].data == GREEN
-    assert len(cache.failures()) == 1 and cache.state() != state
+    assert len(failed.read_text().split()) == 1 and DownloadStore.state(tmp_path / "cache") != state
 
 
 @pytest.mark.slow

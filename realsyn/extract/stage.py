@@ -29,7 +29,7 @@ from realsyn.extract import dedup
 from realsyn.extract.records import Scorers, extract_documents
 from realsyn.io import img2dataset
 from realsyn.io.documents import Document
-from realsyn.io.download import DownloadCache, download_documents
+from realsyn.io.download import DownloadStore, download_documents
 from realsyn.io.policy import from_config
 from realsyn.io.readers import Shard, detect, plan, read_shard
 from realsyn.io.readers.base import SKIPPED
@@ -113,7 +113,8 @@ def _part(task: _Task, docs: list[Document], score: Scorers, k: int) -> None:
     if task.images is not None:  # URL-only images from img2dataset output
         img2dataset.fill(docs, img2dataset.Index(task.images))
     if task.download is not None and task.download.enabled:  # URL-only images: fetch (cache in WORK/download)
-        fetched = download_documents(docs, task.download, DownloadCache(task.out.parent / "download"))
+        store = DownloadStore(task.out.parent / "download", _raw(task.out, "downloads", task.index, k).stem)
+        fetched = download_documents(docs, task.download, store)
         write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA),
                     _raw(task.out, "downloads", task.index, k))
     rows = extract_documents(docs, task.cfg, score)
@@ -155,7 +156,7 @@ def _inputs_key(ctx: Context) -> str:
     if ctx.cfg.extract.images.sources:
         key += img2dataset.index_id(_sources(ctx))
     if ctx.cfg.download.enabled:
-        key += ctx.__dict__.setdefault("_download_state", DownloadCache(ctx.ws.root / "download").state())
+        key += ctx.__dict__.setdefault("_download_state", DownloadStore.state(ctx.ws.root / "download"))
     return key
 
 

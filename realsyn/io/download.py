@@ -17,24 +17,26 @@ the name), so a second DNS answer cannot point it elsewhere (DNS rebinding).
 Every URL gets a `Fetched` record: status `ok` or `error`, a precise error (`timeout`,
 `connection_error`, `dns_error`, `private_address`, `too_large`, `too_many_redirects`,
 `robots_disallowed`, `http_NNN`, `bad_url`, `unsupported_scheme`, `ssl_error`, `empty`), the
-HTTP status, the final URL and the number of attempts. `DownloadCache` keeps them on disk, one
-file per URL, so that a re-run fetches only the URLs that failed.
+HTTP status, the final URL and the number of attempts. `DownloadStore` keeps them on disk in
+parquet shards, one folder per extract part (not one file per URL: 353M URLs would be 700M
+files), written in batches as URLs finish, so that a killed run loses only the URLs in flight
+and the last second's, and a re-run fetches only the URLs that failed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urljoin
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -49,7 +51,7 @@ from realsyn.config import DownloadConfig, host_rule
 from realsyn.io.documents import Document, stable_id
 from realsyn.runtime.workspace import atomic_path
 
-__all__ = ["Fetched", "Downloader", "DownloadCache", "download_documents", "STATUS_COLUMNS", "TRANSIENT"]
+__all__ = ["Fetched", "Downloader", "DownloadStore", "download_documents", "STATUS_COLUMNS", "TRANSIENT"]
 
 REDIRECTS = (301, 302, 303, 307, 308)
 #: Errors worth another attempt in the same run (a re-run retries every failure).
@@ -280,75 +282,110 @@ class Downloader:
 
     def fetch_many(self, urls: Sequence[str]) -> list[Fetched]:
         """Fetch URLs with `threads` threads; results in the order of `urls`."""
+        order = {u: i for i, u in enumerate(urls)}
+        return sorted(self.fetch_each(urls), key=lambda r: order[r.url])
+
+    def fetch_each(self, urls: Sequence[str]) -> Iterator[Fetched]:
+        """Fetch URLs with `threads` threads; each result as soon as it is done."""
         if not urls:
-            return []
+            return
         with ThreadPoolExecutor(max_workers=min(self.cfg.threads, len(urls))) as pool:
-            return list(pool.map(self.fetch, urls))
+            yield from (f.result() for f in as_completed([pool.submit(self.fetch, u) for u in urls]))
 
 
-class DownloadCache:
-    """Outcomes kept on disk under `root`, one file per URL (named by a hash of the URL, never by
-    anything taken from it): `ID.bin` + `ID.ok.json` for a fetched image, `ID.err.json` for a
-    failure. Only successes are served; failures are fetched again."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def _base(self, url: str) -> Path:
-        uid = stable_id("download", url, length=32)
-        return self.root / uid[:2] / uid
-
-    def get(self, url: str) -> Fetched | None:
-        base = self._base(url)
-        try:
-            meta = json.loads(base.with_name(base.name + ".ok.json").read_text())
-            data = base.with_name(base.name + ".bin").read_bytes()
-        except (OSError, ValueError):
-            return None
-        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-            return None
-        return Fetched(url, "ok", None, meta.get("http_status"), meta.get("final_url"), meta.get("attempts", 0),
-                       data, cached=True)
-
-    def put(self, result: Fetched) -> None:
-        base = self._base(result.url)
-        meta = {k: v for k, v in asdict(result).items() if k not in ("data", "cached")}
-        err = base.with_name(base.name + ".err.json")
-        if result.status == "ok" and result.data is not None:
-            meta["sha256"] = hashlib.sha256(result.data).hexdigest()
-            with atomic_path(base.with_name(base.name + ".bin")) as tmp:
-                tmp.write_bytes(result.data)
-            with atomic_path(base.with_name(base.name + ".ok.json")) as tmp:
-                tmp.write_text(json.dumps(meta, sort_keys=True))
-            err.unlink(missing_ok=True)
-        else:
-            with atomic_path(err) as tmp:
-                tmp.write_text(json.dumps(meta, sort_keys=True))
-
-    def failures(self) -> list[str]:
-        """Ids of the URLs whose last attempt failed (sorted)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(n[:-9] for d in os.scandir(self.root) if d.is_dir()
-                      for n in os.listdir(d.path) if n.endswith(".err.json"))
-
-    def state(self) -> str:
-        """A short hash of the failure set: it changes when a failure is retried or recovers."""
-        return hashlib.sha256("\n".join(self.failures()).encode()).hexdigest()[:16]
+FLUSH_ROWS, FLUSH_SECONDS = 64, 1.0  # a batch of outcomes is written at whichever comes first
+STORE_SCHEMA = pa.schema([("url", pa.string()), ("status", pa.string()), ("error", pa.string()),
+                          ("http_status", pa.int32()), ("final_url", pa.string()), ("attempts", pa.int32()),
+                          ("data", pa.binary())])
 
 
-def download_documents(docs: Sequence[Document], cfg: DownloadConfig, cache: DownloadCache,
+class DownloadStore:
+    """The outcomes of one extract part's URLs, in `root/PART/`: `b-NNNNN.parquet` batches while
+    it runs, merged into `all.parquet` (the last outcome of each URL) when the part's download
+    ends, with `failed.txt` (a hash of each failed URL, sorted) for `state()`. Only successes
+    are served; failures are fetched again."""
+
+    def __init__(self, root: Path, part: str):
+        self.root, self.folder = Path(root), Path(root) / part
+
+    def load(self) -> dict[str, Fetched]:
+        """Every recorded outcome, the last one of each URL."""
+        files = sorted(self.folder.glob("*.parquet"), key=lambda p: (p.name != "all.parquet", p.name))
+        got: dict[str, Fetched] = {}
+        for f in files:
+            try:
+                rows = pq.read_table(f).to_pylist()
+            except (OSError, pa.ArrowException):  # a batch cut short by a crash: those URLs are fetched again
+                continue
+            for r in rows:
+                got[r["url"]] = Fetched(**r)
+        return got
+
+    def sink(self) -> _Sink:
+        return _Sink(self.folder, 1 + max((int(p.stem[2:]) for p in self.folder.glob("b-*.parquet")), default=0))
+
+    def merge(self) -> None:
+        """Fold the batches into `all.parquet` and write `failed.txt`."""
+        if not any(self.folder.glob("b-*.parquet")):
+            return
+        last = self.load()
+        _write(list(last.values()), self.folder / "all.parquet")
+        failed = sorted(stable_id("download", u, length=32) for u, r in last.items() if r.status != "ok")
+        with atomic_path(self.folder / "failed.txt") as tmp:
+            tmp.write_text("".join(f"{f}\n" for f in failed))
+        for p in self.folder.glob("b-*.parquet"):
+            p.unlink()
+
+    @staticmethod
+    def state(root: Path) -> str:
+        """A short hash of the failure set of every part under `root`: it changes when a failure is
+        retried or recovers."""
+        h = hashlib.sha256()
+        for f in sorted(Path(root).glob("*/failed.txt")):
+            h.update(f"{f.parent.name}\n".encode() + f.read_bytes())
+        return h.hexdigest()[:16]
+
+
+def _write(results: list[Fetched], path: Path) -> None:
+    rows = {name: [getattr(r, name) for r in results] for name in STORE_SCHEMA.names}
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(rows, schema=STORE_SCHEMA), tmp, compression="zstd")
+
+
+class _Sink:
+    """Outcomes written in numbered batches of FLUSH_ROWS, or after FLUSH_SECONDS."""
+
+    def __init__(self, folder: Path, first: int):
+        self.folder, self.n, self.buf, self.since = folder, first, [], time.monotonic()
+
+    def add(self, result: Fetched) -> None:
+        self.buf.append(result)
+        if len(self.buf) >= FLUSH_ROWS or time.monotonic() - self.since >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            _write(self.buf, self.folder / f"b-{self.n:05d}.parquet")
+            self.n, self.buf = self.n + 1, []
+        self.since = time.monotonic()
+
+
+def download_documents(docs: Sequence[Document], cfg: DownloadConfig, store: DownloadStore,
                        downloader: Downloader | None = None) -> list[Fetched]:
-    """Fill in the image items of `docs` that have a URL but no bytes: cached successes are
-    reused, everything else is fetched (`threads` at a time). A failed item gets
-    `error='download_<error>'`. Returns one record per distinct URL, in order of appearance."""
+    """Fill in the image items of `docs` that have a URL but no bytes: stored successes are
+    reused, everything else is fetched (`threads` at a time) and stored as it finishes. A failed
+    item gets `error='download_<error>'`. Returns one record per distinct URL, in order of appearance."""
     items = [i for d in docs for i in d.items if i.kind == "image" and i.data is None and i.url and not i.error]
     urls = list(dict.fromkeys(i.url for i in items if i.url))
-    results = {u: r for u in urls if (r := cache.get(u)) is not None}
+    known = store.load()
+    results = {u: replace(known[u], cached=True) for u in urls if u in known and known[u].status == "ok"}
     todo = [u for u in urls if u not in results]
-    for res in (downloader or Downloader(cfg)).fetch_many(todo):
-        cache.put(res)
+    sink = store.sink()
+    for res in (downloader or Downloader(cfg)).fetch_each(todo):
+        sink.add(res)
         results[res.url] = res
+    sink.flush()
+    store.merge()
     for item in items:
         res = results[item.url or ""]  # every item here has a URL (see `items`)
         if res.status == "ok":
