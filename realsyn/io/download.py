@@ -356,7 +356,8 @@ class _Sink:
     """Outcomes written in numbered batches of FLUSH_ROWS, or after FLUSH_SECONDS."""
 
     def __init__(self, folder: Path, first: int):
-        self.folder, self.n, self.buf, self.since = folder, first, [], time.monotonic()
+        self.folder, self.n, self.since = folder, first, time.monotonic()
+        self.buf: list[Fetched] = []
 
     def add(self, result: Fetched) -> None:
         self.buf.append(result)
