@@ -64,10 +64,19 @@ def server():
     srv.close()
 
 
+def _text(k: int) -> str:
+    return f"Figure {k} shows the apparatus that was used in experiment {k}."
+
+
 def _mmc4(path: Path, urls: list[str]) -> None:
-    lines = [{"url": f"http://page/{k}", "text_list": [f"Figure {k} shows the apparatus that was used in experiment {k}."],
-              "image_info": [{"raw_url": u, "matched_text_index": 0}]} for k, u in enumerate(urls)]
+    lines = [{"url": f"http://page/{k}", "text_list": [_text(k)], "image_info": [{"raw_url": u, "matched_text_index": 0}]}
+             for k, u in enumerate(urls)]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _obelics(path: Path, urls: list[str]) -> None:
+    rows = [{"texts": [_text(100 + k), None], "images": [None, u], "url": f"http://obelics/{k}"} for k, u in enumerate(urls)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet", "files"])
@@ -85,10 +94,11 @@ def test_index_finds_every_url_with_its_bytes(tmp_path, server, fmt):
 def test_extract_takes_images_from_img2dataset_output(tmp_path, server):
     srv, urls, images = server
     _write_output(tmp_path / "i2d", "webdataset", urls, images)
-    _mmc4(tmp_path / "docs.jsonl", urls)
+    _mmc4(tmp_path / "docs.jsonl", urls[::2])  # an MMC4 shard and an OBELICS-style parquet
+    _obelics(tmp_path / "docs.parquet", urls[1::2])
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", "from realsyn.cli import app; app()", "extract", str(tmp_path / "docs.jsonl"),
-           "--out", str(work), "--images", str(tmp_path / "i2d"), "--quiet", "--workers", "1",
+           str(tmp_path / "docs.parquet"), "--out", str(work), "--images", str(tmp_path / "i2d"), "--quiet", "--workers", "1",
            "--set", "extract.sentences.perplexity=false"]
     srv.hits.clear()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
