@@ -51,7 +51,8 @@ from realsyn.tables import (
 )
 
 NAME = "extract"
-
+RAW = ("images", "sentences", "blobs", "downloads")  # phase 1's tables, per part
+RANGED = ("mmc4", "obelics")  # formats whose byte or row ranges may repeat a document (a re-crawled URL)
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,6 @@ class _Task:
     out: Path
     download: DownloadConfig | None = None
     images: Path | None = None  # the index of extract.images.sources (img2dataset output)
-
-
-RAW = ("images", "sentences", "blobs", "downloads")  # phase 1's tables, per part
 
 
 def _raw(out: Path, table: str, shard: int, k: int) -> Path:
@@ -105,14 +103,11 @@ def _process(task: _Task) -> int:
     return docs
 
 
-RANGED = ("mmc4", "obelics")  # formats whose byte or row ranges may repeat a document (a re-crawled URL)
-
-
 def _part(task: _Task, docs: list[Document], score: Scorers, k: int) -> None:
     """Filter one part's documents and write its raw tables (images last)."""
     if task.images is not None:  # URL-only images from img2dataset output
         img2dataset.fill(docs, img2dataset.Index(task.images))
-    if task.download is not None and task.download.enabled:  # URL-only images: fetch (cache in WORK/download)
+    if task.download is not None and task.download.enabled:  # URL-only images: fetch (stored in WORK/download/PART)
         store = DownloadStore(task.out.parent / "download", _raw(task.out, "downloads", task.index, k).stem)
         fetched = download_documents(docs, task.download, store)
         write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA),
