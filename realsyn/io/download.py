@@ -308,33 +308,48 @@ class DownloadStore:
     def __init__(self, root: Path, part: str):
         self.root, self.folder = Path(root), Path(root) / part
 
+    def _files(self) -> list[Path]:
+        """`all.parquet`, then the batches in order (a later outcome of a URL replaces an earlier one)."""
+        return sorted(self.folder.glob("*.parquet"), key=lambda p: (p.name != "all.parquet", p.name))
+
+    @staticmethod
+    def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+        try:
+            return pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException):  # a batch cut short by a crash: those URLs are fetched again
+            return None
+
     def load(self) -> dict[str, Fetched]:
         """Every recorded outcome, the last one of each URL."""
-        files = sorted(self.folder.glob("*.parquet"), key=lambda p: (p.name != "all.parquet", p.name))
         got: dict[str, Fetched] = {}
-        for f in files:
-            try:
-                rows = pq.read_table(f).to_pylist()
-            except (OSError, pa.ArrowException):  # a batch cut short by a crash: those URLs are fetched again
-                continue
-            for r in rows:
-                got[r["url"]] = Fetched(**r)
+        for f in self._files():
+            if (t := self._read(f)) is not None:
+                got.update((r["url"], Fetched(**r)) for r in t.to_pylist())
         return got
+
+    def merge(self) -> None:
+        """Fold the batches into `all.parquet` (one file at a time in memory) and write `failed.txt`."""
+        files = self._files()
+        if not any(f.name != "all.parquet" for f in files):
+            return
+        last: dict[str, tuple[int, str]] = {}  # url -> (file, status) of its last outcome
+        for i, f in enumerate(files):
+            if (t := self._read(f, ["url", "status"])) is not None:
+                last.update((u, (i, st)) for u, st in zip(t["url"].to_pylist(), t["status"].to_pylist()))
+        with atomic_path(self.folder / "all.parquet") as tmp, pq.ParquetWriter(tmp, STORE_SCHEMA, compression="zstd") as w:
+            for i, f in enumerate(files):
+                if (t := self._read(f)) is not None:
+                    keep = [last[u][0] == i for u in t["url"].to_pylist()]
+                    w.write_table(t.filter(pa.array(keep)).cast(STORE_SCHEMA))
+        failed = sorted(stable_id("download", u, length=32) for u, (_, st) in last.items() if st != "ok")
+        with atomic_path(self.folder / "failed.txt") as tmp:
+            tmp.write_text("".join(f"{f}\n" for f in failed))
+        for f in files:
+            if f.name != "all.parquet":
+                f.unlink()
 
     def sink(self) -> _Sink:
         return _Sink(self.folder, 1 + max((int(p.stem[2:]) for p in self.folder.glob("b-*.parquet")), default=0))
-
-    def merge(self) -> None:
-        """Fold the batches into `all.parquet` and write `failed.txt`."""
-        if not any(self.folder.glob("b-*.parquet")):
-            return
-        last = self.load()
-        _write(list(last.values()), self.folder / "all.parquet")
-        failed = sorted(stable_id("download", u, length=32) for u, r in last.items() if r.status != "ok")
-        with atomic_path(self.folder / "failed.txt") as tmp:
-            tmp.write_text("".join(f"{f}\n" for f in failed))
-        for p in self.folder.glob("b-*.parquet"):
-            p.unlink()
 
     @staticmethod
     def state(root: Path) -> str:
