@@ -29,8 +29,9 @@ import hashlib
 import ipaddress
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urljoin
@@ -286,11 +287,17 @@ class Downloader:
         return sorted(self.fetch_each(urls), key=lambda r: order[r.url])
 
     def fetch_each(self, urls: Sequence[str]) -> Iterator[Fetched]:
-        """Fetch URLs with `threads` threads; each result as soon as it is done."""
+        """Fetch URLs with `threads` threads; each result as soon as it is done (at most 2 x
+        `threads` URLs submitted at a time, so memory holds a few bodies, not the part's)."""
         if not urls:
             return
-        with ThreadPoolExecutor(max_workers=min(self.cfg.threads, len(urls))) as pool:
-            yield from (f.result() for f in as_completed([pool.submit(self.fetch, u) for u in urls]))
+        threads, todo = min(self.cfg.threads, len(urls)), iter(urls)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            running = {pool.submit(self.fetch, u) for u in islice(todo, 2 * threads)}
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                running |= {pool.submit(self.fetch, u) for u in islice(todo, len(finished))}
+                yield from (f.result() for f in finished)
 
 
 FLUSH_ROWS, FLUSH_SECONDS = 64, 1.0  # a batch of outcomes is written at whichever comes first
