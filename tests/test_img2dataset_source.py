@@ -129,6 +129,10 @@ def test_a_folder_without_shards_is_a_clear_error(tmp_path):
                         "--out", str(tmp_path / "w"), "--images", str(tmp_path / "empty"), "--quiet"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "no img2dataset shard" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-c", "from realsyn.cli import app; app()", "extract", str(tmp_path / "d.jsonl"),
+                        "--out", str(tmp_path / "w"), "--images", str(tmp_path / "nowhere"), "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "not a folder" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_a_download_killed_midway_fetches_only_what_was_missing(tmp_path):

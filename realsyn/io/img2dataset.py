@@ -56,9 +56,7 @@ def shards(folders: list[Path]) -> list[Path]:
     """The metadata tables (`NNNNN.parquet`) of img2dataset output folders, in folder then shard order."""
     found = []
     for folder in folders:
-        if not Path(folder).is_dir():
-            raise InputError(f"image source {folder}: not a folder (extract.images.sources: img2dataset output folders)")
-        mine = sorted(p for p in Path(folder).iterdir() if SHARD.match(p.name))
+        mine = sorted(p for p in _folder(folder).iterdir() if SHARD.match(p.name))
         if not mine:
             raise InputError(f"image source {folder}: no img2dataset shard (NNNNN.parquet) in it")
         found += mine
@@ -66,7 +64,15 @@ def shards(folders: list[Path]) -> list[Path]:
 
 
 def index_id(folders: list[Path]) -> str:
-    return fingerprint([Path(f) for f in folders])
+    """What keys the index: each folder's top-level files (shard tables, tars, stats) by name, size
+    and time; a `files`-format shard's images are not visited (there may be hundreds of millions)."""
+    return fingerprint([p for f in folders for p in sorted(_folder(f).iterdir()) if p.is_file()])
+
+
+def _folder(path: Path) -> Path:
+    if not Path(path).is_dir():
+        raise InputError(f"image source {path}: not a folder (extract.images.sources: img2dataset output folders)")
+    return Path(path)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ with the local executor. Resources per task come from `runtime.ray.num_cpus` / `
 the stage that owns the task function (`realsyn.<stage>.…`).
 
 Model stages (`runtime.ray.actors`) run their parts on a pool of `PartRunner` actors, one per
-slot, for the stage's lifetime: `realsyn.models.load` is cached per process, so an actor loads its
+slot, for the stage's lifetime (its later steps, such as extract's dedup tasks, reuse them; the
+next model stage's pool replaces them): `realsyn.models.load` is cached per process, so an actor loads its
 models on its first part and then takes part after part (a part is the batch). Other stages run
 plain tasks, declared with `max_calls=0` so that Ray reuses their worker processes.
 
@@ -150,6 +151,10 @@ class _ActorPool:
     def done(self, ref: Any) -> None:
         self.load[self.owner.pop(ref)] -= 1
 
+    def reset(self) -> None:
+        """Forget parts of an interrupted run (cancelled)."""
+        self.load, self.owner = [0] * len(self.actors), {}
+
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
@@ -164,6 +169,7 @@ class RayExecutor(Executor):
         self._started = False
         self._remote: Any = None
         self._actor: Any = None
+        self._actors: tuple[str, _ActorPool] | None = None  # the running model stage's actors
 
     def threads_for(self, tasks: int) -> int:
         """Math threads per task: the CPUs a task reserves by default (at least 1)."""
@@ -208,10 +214,22 @@ class RayExecutor(Executor):
     def _pool(self, ray: Any, stage: str) -> _TaskPool | _ActorPool:
         """Parts run on `workers` slots (0 = as many as the cluster holds); actors never more than
         the cluster holds, since an actor that cannot be placed would keep its parts waiting."""
+        if self._actors is not None and self._actors[0] != stage:
+            self._close_actors()
         fits = self._fits(ray, stage)
-        if stage in self.cfg.actors:
-            return _ActorPool(ray, self._actor, self._options(stage), min(self.workers or fits, fits))
-        return _TaskPool(self._remote.options(**self._options(stage)).remote, self.workers or fits)
+        if stage not in self.cfg.actors:
+            return _TaskPool(self._remote.options(**self._options(stage)).remote, self.workers or fits)
+        if self._actors is None:
+            self._actors = (stage, _ActorPool(ray, self._actor, self._options(stage), min(self.workers or fits, fits)))
+        else:  # a stage's later steps (extract's dedup) reuse its actors
+            self._actors[1].reset()
+        return self._actors[1]
+
+    def _close_actors(self) -> None:
+        """Free the model stage's actors: they hold its CPUs and GPUs, which the next stage needs."""
+        if self._actors is not None:
+            self._actors[1].close()
+            self._actors = None
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         stage, cwd = self.stage or stage_of(fn), os.getcwd()
@@ -252,7 +270,7 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:  # interrupted: do not leave work running on the cluster
                 ray.cancel(ref)
-            if pool is not None:
+            if pool is not None and not isinstance(pool, _ActorPool):
                 pool.close()
         if failed:
             first = "; ".join(f"{label}: {cause}" for label, cause in failed[:3])
@@ -260,6 +278,7 @@ class RayExecutor(Executor):
                               f"(the others finished; re-run to retry them): {first}")
 
     def close(self) -> None:
+        self._close_actors()
         if self._started:
             import ray
 
