@@ -271,8 +271,12 @@ def test_rerun_retries_only_the_failures(servers, tmp_path):
                                                     ("error", "http_404")]  # one record per distinct URL
     assert [d.items[1].error for d in docs] == [None, None, "download_http_503", "download_http_404", None]
     assert docs[0].items[1].data == PNG and docs[4].items[1].data == PNG
-    failed = cache.folder / "failed.txt"
-    assert len(failed.read_text().split()) == 2 and not list(cache.folder.glob("b-*"))  # batches merged
+    stats = cache.root / "s000000-00000_stats.json"
+
+    def failed() -> int:
+        return len(json.loads(stats.read_text())["failed_urls"])
+
+    assert failed() == 2 and not cache.folder.exists()  # batches merged into the shard
     state = DownloadStore.state(tmp_path / "cache")
     docs2 = [Document("d1", "s", [Item("image", url=u)]) for u in urls]
     second = download_documents(docs2, cfg, cache)
@@ -280,7 +284,7 @@ def test_rerun_retries_only_the_failures(servers, tmp_path):
     assert fetched == Counter({"/img.png": 1, "/other.png": 1, "/flaky.png": 2, "/missing2.png": 2})
     assert [r.cached for r in second] == [True, True, False, False]
     assert second[2].status == "ok" and docs2[2].items[0].data == GREEN
-    assert len(failed.read_text().split()) == 1 and DownloadStore.state(tmp_path / "cache") != state
+    assert failed() == 1 and DownloadStore.state(tmp_path / "cache") != state
 
 
 @pytest.mark.slow

@@ -173,5 +173,12 @@ def test_a_download_killed_midway_fetches_only_what_was_missing(tmp_path):
         subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
         for t in ("images", "sentences"):
             assert pq.read_table(tmp_path / "w" / "extract" / t).equals(pq.read_table(tmp_path / "ref" / "extract" / t)), t
+        # the download store is in img2dataset's layout: another workspace takes its images from it, offline
+        srv.hits.clear()
+        sets[1] = "download.enabled=false"
+        subprocess.run(cmd(tmp_path / "again") + ["--images", str(batches)], check=True, capture_output=True, timeout=300)
+        assert sum(srv.hits.values()) == 0
+        for t in ("images", "sentences"):
+            assert pq.read_table(tmp_path / "again" / "extract" / t).equals(pq.read_table(tmp_path / "ref" / "extract" / t)), t
     finally:
         srv.close()

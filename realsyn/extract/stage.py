@@ -108,7 +108,7 @@ def _part(task: _Task, docs: list[Document], score: Scorers, k: int) -> None:
     if task.images is not None:  # URL-only images from img2dataset output
         img2dataset.fill(docs, img2dataset.Index(task.images))
     if task.download is not None and task.download.enabled:  # URL-only images: fetch (stored in WORK/download/PART)
-        store = DownloadStore(task.out.parent / "download", _raw(task.out, "downloads", task.index, k).stem)
+        store = DownloadStore(task.out.parent / "download", f"{task.index:06d}{k:05d}")
         fetched = download_documents(docs, task.download, store)
         write_table(pa.Table.from_pylist([f.row() for f in fetched], schema=DOWNLOAD_SCHEMA),
                     _raw(task.out, "downloads", task.index, k))

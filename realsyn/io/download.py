@@ -18,15 +18,17 @@ Every URL gets a `Fetched` record: status `ok` or `error`, a precise error (`tim
 `connection_error`, `dns_error`, `private_address`, `too_large`, `too_many_redirects`,
 `robots_disallowed`, `http_NNN`, `bad_url`, `unsupported_scheme`, `ssl_error`, `empty`), the
 HTTP status, the final URL and the number of attempts. `DownloadStore` keeps them on disk in
-parquet shards, one folder per extract part (not one file per URL: 353M URLs would be 700M
-files), written in batches as URLs finish, so that a killed run loses only the URLs in flight
-and the last second's, and a re-run fetches only the URLs that failed.
+parquet shards, one per extract part in img2dataset's layout (not one file per URL: 353M URLs
+would be 700M files), written in batches as URLs finish, so that a killed run loses only the URLs
+in flight and the last second's, and a re-run fetches only the URLs that failed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import shutil
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -37,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urljoin
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import urllib3
 from urllib3.exceptions import (
@@ -304,26 +307,42 @@ FLUSH_ROWS, FLUSH_SECONDS = 64, 1.0  # a batch of outcomes is written at whichev
 STORE_SCHEMA = pa.schema([("url", pa.string()), ("status", pa.string()), ("error", pa.string()),
                           ("http_status", pa.int32()), ("final_url", pa.string()), ("attempts", pa.int32()),
                           ("data", pa.binary())])
+SHARD_SCHEMA = pa.schema([("key", pa.string()), ("url", pa.string()), ("status", pa.string()),
+                          ("error_message", pa.string()), ("http_status", pa.int32()), ("final_url", pa.string()),
+                          ("attempts", pa.int32()), ("jpg", pa.binary())])
 
 
 class DownloadStore:
-    """The outcomes of one extract part's URLs, in `root/PART/`: `b-NNNNN.parquet` batches while
-    it runs, merged into `all.parquet` (the last outcome of each URL) when the part's download
-    ends, with `failed.txt` (a hash of each failed URL, sorted) for `state()`. Only successes
-    are served; failures are fetched again."""
+    """The outcomes of one extract part's URLs under `root`: batches `PART/b-NNNNN.parquet` while
+    it runs, merged when the part's download ends into `PART.parquet` (the last outcome of each
+    URL) and `PART_stats.json`, in img2dataset's `parquet` output layout (`key`, `url`, `status`
+    `success` or `failed_to_download`, `error_message`, the bytes in `jpg`), so a download folder
+    is itself an image source (`--images WORK/download`). Only successes are served; failures are
+    fetched again. PART is a number (img2dataset's shard names are)."""
 
     def __init__(self, root: Path, part: str):
-        self.root, self.folder = Path(root), Path(root) / part
+        self.root, self.part, self.folder = Path(root), part, Path(root) / part
+
+    @property
+    def shard(self) -> Path:
+        return self.root / f"{self.part}.parquet"
 
     def _files(self) -> list[Path]:
-        """`all.parquet`, then the batches in order (a later outcome of a URL replaces an earlier one)."""
-        return sorted(self.folder.glob("*.parquet"), key=lambda p: (p.name != "all.parquet", p.name))
+        """The merged shard, then the batches in order (a later outcome of a URL replaces an earlier one)."""
+        return [p for p in (self.shard,) if p.exists()] + sorted(self.folder.glob("b-*.parquet"))
 
-    @staticmethod
-    def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table | None:
+        """A batch, or the merged shard with the batches' columns; None for a batch a crash cut short."""
         try:
-            return pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowException):  # a batch cut short by a crash: those URLs are fetched again
+            if path != self.shard:
+                return pq.read_table(path, columns=columns)
+            t = pq.read_table(path)
+            ok = pc.equal(t["status"], "success")
+            t = pa.table({"url": t["url"], "status": pc.if_else(ok, "ok", "error"), "error": t["error_message"],
+                          "http_status": t["http_status"], "final_url": t["final_url"], "attempts": t["attempts"],
+                          "data": t["jpg"]}, schema=STORE_SCHEMA)
+            return t.select(columns) if columns else t
+        except (OSError, pa.ArrowException):  # those URLs are fetched again
             return None
 
     def load(self) -> dict[str, Fetched]:
@@ -335,25 +354,25 @@ class DownloadStore:
         return got
 
     def merge(self) -> None:
-        """Fold the batches into `all.parquet` (one file at a time in memory) and write `failed.txt`."""
+        """Fold the batches into the shard (one file at a time in memory) and its stats."""
         files = self._files()
-        if not any(f.name != "all.parquet" for f in files):
+        if not any(f != self.shard for f in files):
             return
         last: dict[str, tuple[int, str]] = {}  # url -> (file, status) of its last outcome
         for i, f in enumerate(files):
             if (t := self._read(f, ["url", "status"])) is not None:
                 last.update((u, (i, st)) for u, st in zip(t["url"].to_pylist(), t["status"].to_pylist()))
-        with atomic_path(self.folder / "all.parquet") as tmp, pq.ParquetWriter(tmp, STORE_SCHEMA, compression="zstd") as w:
+        rows = 0
+        with atomic_path(self.shard) as tmp, pq.ParquetWriter(tmp, SHARD_SCHEMA, compression="zstd") as w:
             for i, f in enumerate(files):
                 if (t := self._read(f)) is not None:
-                    keep = [last[u][0] == i for u in t["url"].to_pylist()]
-                    w.write_table(t.filter(pa.array(keep)).cast(STORE_SCHEMA))
+                    t = t.filter(pa.array([last[u][0] == i for u in t["url"].to_pylist()]))
+                    w.write_table(_as_shard(t, rows))
+                    rows += len(t)
         failed = sorted(stable_id("download", u, length=32) for u, (_, st) in last.items() if st != "ok")
-        with atomic_path(self.folder / "failed.txt") as tmp:
-            tmp.write_text("".join(f"{f}\n" for f in failed))
-        for f in files:
-            if f.name != "all.parquet":
-                f.unlink()
+        with atomic_path(self.root / f"{self.part}_stats.json") as tmp:
+            tmp.write_text(json.dumps({"count": len(last), "successes": len(last) - len(failed), "failed_urls": failed}))
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def sink(self) -> _Sink:
         return _Sink(self.folder, 1 + max((int(p.stem[2:]) for p in self.folder.glob("b-*.parquet")), default=0))
@@ -363,9 +382,18 @@ class DownloadStore:
         """A short hash of the failure set of every part under `root`: it changes when a failure is
         retried or recovers."""
         h = hashlib.sha256()
-        for f in sorted(Path(root).glob("*/failed.txt")):
-            h.update(f"{f.parent.name}\n".encode() + f.read_bytes())
+        for f in sorted(Path(root).glob("*_stats.json")):
+            h.update(f"{f.name}\n".encode() + "\n".join(json.loads(f.read_text())["failed_urls"]).encode())
         return h.hexdigest()[:16]
+
+
+def _as_shard(t: pa.Table, first: int) -> pa.Table:
+    """Outcomes in img2dataset's layout, keyed by row number from `first`."""
+    ok = pc.equal(t["status"], "ok")
+    return pa.table({"key": [f"{first + i:09d}" for i in range(len(t))], "url": t["url"],
+                     "status": pc.if_else(ok, "success", "failed_to_download"), "error_message": t["error"],
+                     "http_status": t["http_status"], "final_url": t["final_url"], "attempts": t["attempts"],
+                     "jpg": t["data"]}, schema=SHARD_SCHEMA)
 
 
 def _write(results: list[Fetched], path: Path) -> None:

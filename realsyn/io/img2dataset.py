@@ -32,7 +32,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow.parquet as pq
 
-from realsyn.buckets import done, gather, load, save, write_sorted
+from realsyn.buckets import done, gather, load, local, save, write_sorted
 from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.readers.base import canonical_url
@@ -181,16 +181,18 @@ class Found:
 
 
 class Index:
-    """Lookups in a built index (one per worker process; files opened per lookup)."""
+    """Lookups in a built index (files opened per lookup; with a URL workspace on a Ray cluster,
+    fetched from the store where another node built them). The shards themselves must be
+    readable at the same path on every node."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.bits = json.loads((self.root / "index.json").read_text())["bits"]
+        self.bits = json.loads(local(self.root / "index.json").read_text())["bits"]
         self._shards: dict[int, dict] = {}
 
     def _shard(self, i: int) -> dict:
         if i not in self._shards:
-            self._shards[i] = json.loads((self.root / f"s-{i:05d}.json").read_text())
+            self._shards[i] = json.loads(local(self.root / f"s-{i:05d}.json").read_text())
         return self._shards[i]
 
     def find(self, urls: list[str]) -> dict[str, Found]:
