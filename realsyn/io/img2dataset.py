@@ -161,11 +161,10 @@ def build(executor: Executor, folders: list[Path], root: Path) -> Path:
     found = shards(folders)
     total = sum(pq.read_metadata(p).num_rows for p in found)
     bits = int(np.ceil(np.log2(max(1, total / ROWS_PER_BUCKET))))
-    ex = executor
-    ex.run(index_shard, [ShardTask(i, p, out, bits) for i, p in enumerate(found) if not done(out / f"p-{i:05d}")],
+    executor.run(index_shard, [ShardTask(i, p, out, bits) for i, p in enumerate(found) if not done(out / f"p-{i:05d}")],
            "extract: index image sources", "shards")
-    ex.run(index_bucket, [BucketTask(t, out, len(found), bits) for t in range(1 << bits)
-                          if not (out / f"b-{t:05d}.keys.npy").exists()], "extract: index image sources: buckets", "buckets")
+    executor.run(index_bucket, [BucketTask(t, out, len(found), bits) for t in range(1 << bits)
+                                if not (out / f"b-{t:05d}.keys.npy").exists()], "extract: index image sources: buckets", "buckets")
     for p in out.glob("p-*.npy"):
         p.unlink()
     write_json({"bits": bits, "shards": len(found), "urls": total, "folders": [str(f) for f in folders]}, out / "index.json")
