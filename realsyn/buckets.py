@@ -166,6 +166,11 @@ def _file(prefix: Path, what: str) -> Path:
     return prefix.with_name(f"{prefix.name}.{what}.npy")
 
 
+def top_bits(keys: np.ndarray, bits: int) -> np.ndarray:
+    """The bucket of each int64 key: its top `bits` bits (all 0 when `bits` is 0)."""
+    return (keys.view(np.uint64) >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(keys), np.int64)
+
+
 def done(prefix: Path) -> bool:
     """Whether `write_sorted` finished for this prefix."""
     return _file(prefix, "bounds").exists()

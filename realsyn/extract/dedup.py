@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from realsyn.buckets import done, gather, load, save, write_sorted
+from realsyn.buckets import done, gather, load, save, top_bits, write_sorted
 from realsyn.dedup import chunk_labels, cluster_keep_first, first_occurrence, label_values, near_pairs
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import part_name, write_table
@@ -82,7 +82,7 @@ def keys(task: KeysTask) -> int:
     kept = pc.equal(t.column("status"), "kept").to_numpy(zero_copy_only=False)
     key = exact_key(t, task.kind)[kept]
     rows = np.flatnonzero(kept) + task.start
-    bucket = (key.view(np.uint64) >> np.uint64(64 - task.bits)).astype(np.int64) if task.bits else np.zeros(len(key), np.int64)
+    bucket = top_bits(key, task.bits)
     write_sorted(_folder(task.out, task.kind, "keys") / f"p-{task.index:05d}", key, rows, bucket, np.arange((1 << task.bits) + 1))
     return len(key)
 
@@ -236,7 +236,7 @@ def doc_keys(task: DocsTask) -> int:
     ids = pc.unique(pa.chunked_array([pq.read_table(raw(task.out, t, task.index), columns=["doc_id"]).column(0).combine_chunks()
                                       for t in ("images", "sentences")], pa.string()))
     key = doc_key(ids)
-    bucket = (key.view(np.uint64) >> np.uint64(64 - task.bits)).astype(np.int64) if task.bits else np.zeros(len(key), np.int64)
+    bucket = top_bits(key, task.bits)
     write_sorted(_folder(task.out, "docs", "keys") / f"p-{task.index:05d}", key, np.full(len(key), task.index), bucket,
                  np.arange((1 << task.bits) + 1))
     return len(key)

@@ -32,7 +32,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow.parquet as pq
 
-from realsyn.buckets import done, gather, load, local, save, write_sorted
+from realsyn.buckets import done, gather, load, local, save, top_bits, write_sorted
 from realsyn.errors import InputError
 from realsyn.io.documents import Document
 from realsyn.io.readers.base import canonical_url
@@ -119,14 +119,10 @@ def index_shard(task: ShardTask) -> int:
                task.out / f"s-{task.index:05d}.json")
     hi, lo = url_hash(r[0] for r in rows)
     arr = np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 3)
-    write_sorted(task.out / f"p-{task.index:05d}", hi, lo, _bucket(hi, task.bits), np.arange((1 << task.bits) + 1),
+    write_sorted(task.out / f"p-{task.index:05d}", hi, lo, top_bits(hi, task.bits), np.arange((1 << task.bits) + 1),
                  source=np.full(len(hi), task.index, np.int32), offset=arr[:, 0], size=arr[:, 1],
                  error=arr[:, 2].astype(np.int32))
     return len(rows)
-
-
-def _bucket(hi: np.ndarray, bits: int) -> np.ndarray:
-    return (hi.view(np.uint64) >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(hi), np.int64)
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,7 @@ class Index:
         if not urls:
             return {}
         hi, lo = url_hash(urls)
-        bucket = _bucket(hi, self.bits)
+        bucket = top_bits(hi, self.bits)
         hits: list[tuple[str, np.void]] = []
         for b in np.unique(bucket):
             keys = load(self.root / f"b-{b:05d}.keys.npy")
