@@ -254,3 +254,31 @@ def test_ray_retrieve_on_a_synthetic_pool_equals_local(cluster: str, tmp_path: P
     realsyn("retrieve", "--out", str(tmp_path / "ray"), *SPLIT, "--executor", "ray", "--set", f"runtime.ray.address={cluster}")
     assert counts(tmp_path / "local")["retrieve"]["blocks"] >= 4
     assert_same(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_ray_clustered_semantic_dedup_on_an_object_store_equals_local(s3_env: dict[str, str], cluster: str, tmp_path: Path):
+    """embed's semantic dedup past the exact limit (clusters, pair tasks) on two Ray nodes with an
+    `s3://` workspace: the same dedup tables and counts as the local executor on a local folder."""
+    import fsspec
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from scale import make_workspace
+
+    make_workspace(tmp_path / "local", 24_000, 3_000, 32, docs_per_part=50, duplicates=20, dedup=False)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for p in sorted((tmp_path / "local").rglob("*")):
+        if p.is_file():
+            fs.put_file(str(p), f"realsyn/semdedup/{p.relative_to(tmp_path / 'local').as_posix()}")
+    realsyn("embed", "--out", str(tmp_path / "local"), "--quiet", "--workers", "2")
+    realsyn("embed", "--out", "s3://realsyn/semdedup", "--quiet", "--executor", "ray", "--set", f"runtime.ray.address={cluster}",
+            env={**s3_env, "REALSYN_SCRATCH": str(tmp_path / "scratch")})
+    store = fetch("s3://realsyn/semdedup", tmp_path / "store")
+    local, remote = counts(tmp_path / "local")["embed"], counts(store)["embed"]
+    assert local["semantic_dedup"]["sentences"]["method"] == "clusters"
+    for c in (local, remote):
+        for how in c["semantic_dedup"].values():
+            how.pop("seconds", None)  # a clock reading
+    assert remote == local
+    for name in ("dedup_sentences.parquet", "dedup_images.parquet"):
+        assert pq.read_table(store / "embed" / name).equals(pq.read_table(tmp_path / "local" / "embed" / name)), name
