@@ -110,3 +110,13 @@ def test_tables_equal_for_1_2_4_workers_and_any_shard_size(data_dir, tmp_path):
             assert table.equals(ref[name]), (work, name)
     counts = [{k: v for k, v in c.items() if k != "parts"} for c in runs.values()]
     assert counts[0] == counts[1] == counts[2]
+
+
+def test_a_book_after_small_pages_is_still_sliced(data_dir, tmp_path):
+    """An HTML folder: small pages are grouped, a long file that follows them gets its own slices."""
+    (tmp_path / "a.html").write_text("<html><body><p>A short page about a lighthouse on the coast.</p></body></html>")
+    (tmp_path / "b.htm").write_bytes((data_dir / "gutenberg" / "30621-h" / "30621-h.htm").read_bytes())
+    shards = list(plan(tmp_path, DEFAULT, 64 << 10, 16))
+    assert shards[0].files == ("a.html",) and all(s.files == ("b.htm",) for s in shards[1:])
+    assert [s.slice for s in shards[1:]] == [(j, len(shards) - 1) for j in range(len(shards) - 1)] and len(shards) > 3
+    assert _docs(d for s in shards for d in read_shard(s)) == _docs(read_documents(tmp_path))

@@ -13,7 +13,6 @@ from realsyn.io.readers.base import (
     WHOLE,
     Shard,
     base_name,
-    by_size,
     doc_id,
     folder_lookup,
     memo,
@@ -51,13 +50,24 @@ def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Sha
     slice's task parses the whole file)."""
     root = Path(path)
     files = _files(root, policy)
-    sizes = [(root / f).stat().st_size for f in files]
-    for a, b in by_size(sizes, target):
-        for s in range(a, b, docs):
-            run = tuple(files[s:min(b, s + docs)])
-            k = min(MAX_SLICES, -(-sizes[s] // target)) if len(run) == 1 else 1
-            for j in range(k):
-                yield Shard(root, "htmldir", files=run, slice=(j, k))
+    run: list[str] = []
+    total = 0
+    for f in files:
+        size = (root / f).stat().st_size
+        if size > target:
+            if run:
+                yield Shard(root, "htmldir", files=tuple(run))
+                run, total = [], 0
+            k = min(MAX_SLICES, -(-size // target))
+            yield from (Shard(root, "htmldir", files=(f,), slice=(j, k)) for j in range(k))
+            continue
+        run.append(f)
+        total += size
+        if total >= target or len(run) == docs:
+            yield Shard(root, "htmldir", files=tuple(run))
+            run, total = [], 0
+    if run or not files:
+        yield Shard(root, "htmldir", files=tuple(run))
 
 
 def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
