@@ -62,8 +62,12 @@ def exact_key(table: pa.Table, kind: str) -> np.ndarray:
     """The exact dedup key of each row (int64)."""
     if kind == "sentences":
         return table.column("text_hash").to_numpy()
-    ids = table.column("image_id").to_pylist()
-    return np.array([int(s[:16], 16) for s in ids], dtype=np.uint64).view(np.int64)
+    return hex_key(table.column("image_id"))
+
+
+def hex_key(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An id's key: its first 16 hex digits (int64); image ids hash the bytes, doc ids the locator."""
+    return np.array([int(s[:16], 16) for s in ids.to_pylist()], dtype=np.uint64).view(np.int64)
 
 
 @dataclass(frozen=True)
@@ -219,11 +223,6 @@ def deduplicate(ctx: Context, out: Path, kind: str, n_parts: int, distance: int 
     return counts
 
 
-def doc_key(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A document's key: its id's first 16 hex digits (int64)."""
-    return np.array([int(s[:16], 16) for s in ids.to_pylist()], dtype=np.uint64).view(np.int64)
-
-
 @dataclass(frozen=True)
 class DocsTask:
     index: int  # raw part
@@ -235,7 +234,7 @@ def doc_keys(task: DocsTask) -> int:
     """Per raw part of a byte or row range: its documents' keys, bucketed by their top bits, the part as the row."""
     ids = pc.unique(pa.chunked_array([pq.read_table(raw(task.out, t, task.index), columns=["doc_id"]).column(0).combine_chunks()
                                       for t in ("images", "sentences")], pa.string()))
-    key = doc_key(ids)
+    key = hex_key(ids)
     bucket = top_bits(key, task.bits)
     write_sorted(_folder(task.out, "docs", "keys") / f"p-{task.index:05d}", key, np.full(len(key), task.index), bucket,
                  np.arange((1 << task.bits) + 1))
@@ -270,7 +269,7 @@ def drop(task: DropTask) -> int:
     """Remove the rows of the repeated documents from one raw part (and the bytes only they held)."""
     for table in ("sentences", "images"):
         t = pq.read_table(raw(task.out, table, task.index))
-        gone = np.isin(doc_key(t.column("doc_id")), task.keys)
+        gone = np.isin(hex_key(t.column("doc_id")), task.keys)
         if gone.any():
             t = t.filter(pa.array(~gone))
             write_table(t, raw(task.out, table, task.index))
