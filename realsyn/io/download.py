@@ -284,11 +284,6 @@ class Downloader:
                 return failed
             time.sleep(self.cfg.backoff * 2 ** (attempts - 1))
 
-    def fetch_many(self, urls: Sequence[str]) -> list[Fetched]:
-        """Fetch URLs with `threads` threads; results in the order of `urls`."""
-        order = {u: i for i, u in enumerate(urls)}
-        return sorted(self.fetch_each(urls), key=lambda r: order[r.url])
-
     def fetch_each(self, urls: Sequence[str]) -> Iterator[Fetched]:
         """Fetch URLs with `threads` threads; each result as soon as it is done (at most 2 x
         `threads` URLs submitted at a time, so memory holds a few bodies, not the part's)."""
