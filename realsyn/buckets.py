@@ -12,16 +12,18 @@ another node wrote is downloaded first (`local`).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from realsyn.centroids import CentroidIndex, sort_by_group
 from realsyn.runtime import mirror
 from realsyn.runtime.context import Context
+from realsyn.runtime.executor import cpu_count
 from realsyn.runtime.workspace import atomic_path
 from realsyn.tables import EMBED, read_embeddings
 
@@ -105,6 +107,7 @@ class RowsTask:
     work: Path
     rows: tuple[np.ndarray, ...]  # wanted pool rows (sorted) of each request, within these parts
     kept: Path | None
+    spill: Path | None  # the first request's rows go to `sample_piece(spill, index)`, not to the driver
 
 
 def _read_rows(task: RowsTask) -> tuple[int, list[np.ndarray]]:
@@ -116,20 +119,74 @@ def _read_rows(task: RowsTask) -> tuple[int, list[np.ndarray]]:
         kept = emb[mask]
         for out, rows in zip(got, task.rows):
             out.append(kept[rows[(rows >= lo) & (rows < hi)] - lo])
-    return task.index, [np.concatenate(g) for g in got]
+    arrays = [np.concatenate(g) for g in got]
+    if task.spill is not None:
+        save(arrays[0], sample_piece(task.spill, task.index))
+        arrays[0] = arrays[0][:0]
+    return task.index, arrays
 
 
 def read_rows(ctx: Context, kind: str, groups: Groups, starts: np.ndarray, pool: np.ndarray,
-              wanted: list[np.ndarray], kept: Path | None = None) -> list[np.ndarray]:
+              wanted: list[np.ndarray], kept: Path | None = None, spill: Path | None = None) -> list[np.ndarray]:
     """Each array of sorted pool rows, read by one task per group of parts, in row order and the
     embed dtype. The pool is the rows flagged in `kept` (every row when None); `starts` and
-    `pool` give each part's first embed row and first pool row."""
+    `pool` give each part's first embed row and first pool row. With `spill`, the first request
+    is written as one sample piece per group for `fit` (its array comes back empty)."""
     tasks = [RowsTask(j, kind, parts, groups.starts(j, starts), (*groups.starts(j, pool), int(pool[parts[-1] + 1])),
-                      ctx.ws.root, tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted), kept)
+                      ctx.ws.root, tuple(w[(w >= pool[parts[0]]) & (w < pool[parts[-1] + 1])] for w in wanted), kept,
+                      spill)
              for j, parts in enumerate(groups.parts)]
     results = dict(ctx.executor.map(_read_rows, tasks))
     return [np.concatenate([results[j][s] for j in range(len(tasks))]) if tasks
             else np.zeros((0, 1), np.float32) for s in range(len(wanted))]
+
+
+def sample_piece(folder: Path, j: int) -> Path:
+    """Task j's share of a k-means sample, for `fit`."""
+    return folder / "sample" / f"g-{j:05d}.npy"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The k-means of a sample spilled in `pieces` files under `folder` (`sample_piece`), the
+    index and its blocks written to `folder`."""
+
+    folder: Path
+    pieces: int
+    clusters: int
+    rows: int  # rows of the pool the blocks are sized for
+    per_block: int  # pool rows per block
+    mode: str = "auto"
+    niter: int = 20
+    seed: int = 0
+    ef: int = 32
+    threads: int = 0
+
+
+def fit(task: Fit) -> int:
+    """A task: train the `CentroidIndex` on the sample and write it (`save_index`) and the
+    blocks (`blocks.npy`, last: marks the fit done); returns the sample's rows. So the sample
+    (at most max_train x d, float32 while training) lives in a worker, never in the driver."""
+    pieces = [load(sample_piece(task.folder, j), mmap=False) for j in range(task.pieces)]
+    sample = np.concatenate([p for p in pieces if len(p)])
+    del pieces
+    threads = task.threads or cpu_count()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)  # the k-means is the same on any number of threads
+    try:
+        with threadpool_limits(threads, user_api="blas"):
+            index = CentroidIndex.train(sample, task.clusters, mode=task.mode, niter=task.niter, seed=task.seed, ef=task.ef)
+    finally:
+        faiss.omp_set_num_threads(before)
+    save_index(index, task.folder)
+    save(plan_blocks(index, sample, task.rows, task.per_block, threads), task.folder / "blocks.npy")
+    return len(sample)
+
+
+def fit_index(ctx: Context, task: Fit, desc: str) -> None:
+    """Run `fit` as one executor task (on a worker: on Ray, any node), then drop the sample."""
+    ctx.executor.run(fit, [replace(task, threads=ctx.executor.threads_for(1))], desc, "rows")
+    remove(task.folder, "sample")
 
 
 def save_index(index: CentroidIndex, folder: Path) -> None:

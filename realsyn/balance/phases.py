@@ -5,7 +5,8 @@ embed/images hold the images of extract part N), intermediates under a work fold
    text, no embedding): `scan/sim-N.npy`, `scan/code-N.npy`;
 2. the band bounds, exact quantiles from two histogram passes over the scans (`sampling.ranked`),
    and each part's count of pairs in the band;
-3. a seeded sample of the band's images (tasks per group of parts) fits the `CentroidIndex`;
+3. a seeded sample of the band's images (tasks per group of parts, `sample/`) fits the
+   `CentroidIndex` in one task (`buckets.fit`);
 4. assign (a task per group): each band pair's cluster (`labels-N.npy`) and, for `cap`, the
    pairs bucketed by cluster with their draw (`buckets.write_sorted`);
 5. cap (a task per block of clusters): per cluster and scale, the last pair kept (the draw and
@@ -13,7 +14,8 @@ embed/images hold the images of extract part N), intermediates under a work fold
 
 A pair's draw is the seeded uniform number of its place among the band's pairs: the generator is
 advanced to a part's first band row (`draws_from`), so the numbers are those of one global draw.
-Memory: a task holds its parts; the driver holds the sample, the centroids and per-cluster counts.
+Memory: a task holds its parts or the k-means sample; the driver holds the centroids and
+per-cluster counts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.balance.sampling import IN_BAND, band_position
-from realsyn.buckets import gather, load, open_index, save, write_sorted
+from realsyn.buckets import gather, load, open_index, sample_piece, save, write_sorted
 from realsyn.tables import EMBED, RETRIEVE_PAIRS, SYNTH, read_embeddings
 
 OK, NO_SYNTH, NO_EMBEDDING = 0, 1, 2  # scan codes (balance.stage.REASONS indexes)
@@ -108,15 +110,17 @@ class Sample:
     bounds: tuple[float, float]
 
 
-def sample(task: Sample) -> tuple[int, np.ndarray]:
-    """Step 3: (task index, the embeddings of the wanted band rows, in row order)."""
+def sample(task: Sample) -> int:
+    """Step 3: the embeddings of the wanted band rows, in row order, as the task's sample piece
+    for `buckets.fit`; returns their number."""
     got = []
     for k, part in enumerate(task.parts):
         lo, hi = task.first[k], task.first[k + 1]
         rows = task.rows[(task.rows >= lo) & (task.rows < hi)] - lo
         if len(rows):
             got.append(band_embeddings(task.work, task.folder, part, task.bounds)[rows])
-    return task.index, np.concatenate(got) if got else np.zeros((0, 0), np.float32)
+    save(np.concatenate(got) if got else np.zeros((0, 0), np.float32), sample_piece(task.folder, task.index))
+    return sum(len(g) for g in got)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ outputs part by part.
 Writes `balance/pairs.parquet` (every pair read: image_id, part, sim, cluster, status, reason),
 `balance/SCALE.parquet` (image_id, cluster, sim, part: the retrieve part the pair comes from) and
 `balance/clusters.parquet` (cluster, size_before, one column of sizes per scale). The bounds used
-go to the manifest. Memory (driver): the k-means sample (at most max_train x d float32), the
-centroids, a few counts per cluster and one part's pairs; no array per pair of the pool.
+go to the manifest. Memory (driver): the centroids, a few counts per cluster and one part's
+pairs; no array per pair of the pool (the k-means sample, at most max_train x d float32, is
+fitted in a task).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from realsyn.balance import phases, sampling
-from realsyn.buckets import Groups, load, plan_blocks, remove, save, save_index
-from realsyn.centroids import CentroidIndex, auto_clusters, seeded_rows
+from realsyn.buckets import Fit, Groups, fit_index, load, remove
+from realsyn.centroids import auto_clusters, seeded_rows
 from realsyn.config import BalanceConfig
 from realsyn.runtime.context import Context, PipelineError
 from realsyn.runtime.stage import Plan, Stage
@@ -76,11 +77,8 @@ def _fit(ctx: Context, cl: Clusters) -> None:
     k = min(n, bc.clusters or auto_clusters(n, bc.pairs_per_cluster))
     pick = seeded_rows(n, min(n, max(k, min(bc.max_train, 256 * k))), seed)  # never fewer points than clusters
     tasks = [phases.Sample(j, parts, first, pick, ctx.ws.root, cl.folder, cl.bounds) for j, (parts, first) in enumerate(_groups(cl))]
-    got = dict(ctx.executor.map(phases.sample, tasks))
-    sample = np.concatenate([got[j] for j in range(len(tasks)) if len(got[j])])
-    index = CentroidIndex.train(sample, k, mode=bc.index, niter=bc.niter, seed=seed, ef=bc.hnsw_ef)
-    save_index(index, cl.folder)
-    save(plan_blocks(index, sample, n, phases.BLOCK_PAIRS), cl.folder / "blocks.npy")  # last: marks the fit done
+    ctx.executor.run(phases.sample, tasks, f"{NAME}: sample", "pairs")
+    fit_index(ctx, Fit(cl.folder, len(tasks), k, n, phases.BLOCK_PAIRS, bc.index, bc.niter, seed, bc.hnsw_ef), f"{NAME}: k-means")
 
 
 def prepare(ctx: Context, folder: Path, bucketed: bool = True) -> Clusters:

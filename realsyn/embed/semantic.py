@@ -5,9 +5,10 @@ the threshold (optionally gated by pHash), the first row is kept. Up to EXACT_MA
 search runs in the driver (n x d float32, at most 30 MB at d = 384). Beyond, the work is executor
 tasks (local or Ray), each phase resumable by its files under `embed/semantic-KIND/`:
 
-1. sample: tasks read a seeded sample (at most 262,144 rows, 256 per cluster); the driver fits a
-   `CentroidIndex` of about sqrt(n) clusters (`clusters_for`) and cuts the clusters into blocks
-   of about BLOCK_ROWS rows (`centroids.npy`, `cells.npy`, `router.npy`, `blocks.npy`);
+1. sample: tasks read a seeded sample (at most 262,144 rows, 256 per cluster) into `sample/`;
+   one task (`buckets.fit`) fits a `CentroidIndex` of about sqrt(n) clusters (`clusters_for`)
+   and cuts the clusters into blocks of about BLOCK_ROWS rows (`centroids.npy`, `cells.npy`,
+   `router.npy`, `blocks.npy`);
 2. assign: one task per group of parts writes its rows sorted by cluster (`assign/s-J.*`);
 3. pairs: one task per block gathers its rows and compares every row with the rows of its own
    cluster (SemDeDup: near-duplicates share a cluster), writing the pairs above the threshold
@@ -30,20 +31,20 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from realsyn.buckets import (
+    Fit,
     Groups,
     done,
     embed_part,
+    fit_index,
     gather,
     load,
     open_index,
-    plan_blocks,
     read_rows,
     remove,
     save,
-    save_index,
     write_sorted,
 )
-from realsyn.centroids import CentroidIndex, f32, seeded_rows
+from realsyn.centroids import f32, seeded_rows
 from realsyn.dedup import cluster_keep_first, phash_bits, semantic_duplicates
 from realsyn.runtime.context import Context
 from realsyn.runtime.workspace import atomic_path
@@ -202,10 +203,8 @@ def _train(ctx: Context, kind: str, groups: Groups, starts: np.ndarray) -> None:
         return
     n, seed = int(starts[-1]), ctx.cfg.runtime.seed
     clusters = clusters_for(n)
-    (sample,) = read_rows(ctx, kind, groups, starts, starts, [seeded_rows(n, min(MAX_TRAIN, 256 * clusters), seed)])
-    index = CentroidIndex.train(sample, clusters, seed=seed)
-    save_index(index, root)
-    save(plan_blocks(index, sample, n, BLOCK_ROWS), root / "blocks.npy")  # last: marks it done
+    read_rows(ctx, kind, groups, starts, starts, [seeded_rows(n, min(MAX_TRAIN, 256 * clusters), seed)], spill=root)
+    fit_index(ctx, Fit(root, len(groups.parts), clusters, n, BLOCK_ROWS, seed=seed), f"embed: dedup {kind}: k-means")
 
 
 def clustered_pairs(ctx: Context, kind: str, starts: np.ndarray, threshold: float, gate: Gate | None

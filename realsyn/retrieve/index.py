@@ -6,8 +6,8 @@ each resumable (a task whose last output exists is skipped), files under `retrie
 1. flags: `sentences_kept.npy`, `images_kept.npy` (1 byte per item, streamed from embed's
    dedup tables) and `parts.npy` (first pool row of each extract part).
 2. sample: tasks read seeded pool rows from their parts (the k-means sample, at most `max_train`
-   and 256 per cluster, and the texts of `similarity_spread`); the driver fits the
-   `CentroidIndex` on the sample and splits the clusters into blocks, consecutive cluster ranges
+   and 256 per cluster, written to `sample/`, and the texts of `similarity_spread`); one task
+   fits the `CentroidIndex` on the sample (`buckets.fit`) and splits the clusters into blocks, consecutive cluster ranges
    of about `block_sentences` sentences by the sample's counts: `centroids.npy`, `cells.npy`,
    `coarse.npy` (the cells routed through, past 16,384 clusters), `router.npy` (the serialised
    HNSW graph, past 65,536 clusters), `blocks.npy`.
@@ -18,9 +18,10 @@ each resumable (a task whose last output exists is skipped), files under `retrie
    (pool order within a cluster) and writes `blocks/b-T.{vectors,rows,offsets}.npy`; then
    `assign/` is deleted.
 
-Memory: the driver holds the sample (embed dtype), the centroids and 1 byte per item for the
-kept flags it streams; a task holds its parts' vectors, or one block twice (about 2 x
-`block_sentences` x d x 2 bytes). No process holds an n x d array.
+Memory: the driver holds the centroids, 4,096 sampled texts and 1 byte per item for the kept
+flags it streams; a task holds its parts' vectors, the k-means sample (at most `max_train` x d,
+float32), or one block twice (about 2 x `block_sentences` x d x 2 bytes). No process holds an
+n x d array.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from realsyn.buckets import (
+    Fit,
     Groups,
     done,
     embed_part,
+    fit_index,
     gather,
     load,
     open_index,
-    plan_blocks,
     read_rows,
     remove,
     save,
@@ -78,35 +80,31 @@ def kept_part(work: Path, kind: str, index: int, start: int) -> tuple[list[str],
     return embed_part(work, kind, index, start, work / NAME / f"{kind}_kept.npy")
 
 
-def sample_pool(ctx: Context, groups: Groups, starts: np.ndarray, wanted: list[np.ndarray]) -> list[np.ndarray]:
-    """Each array of pool rows (kept sentences), in row order, in the embed dtype."""
-    out = ctx.ws.dir(NAME)
-    return read_rows(ctx, "sentences", groups, starts, load(out / "parts.npy", mmap=False), wanted,
-                     out / "sentences_kept.npy")
-
-
-def train(ctx: Context, out: Path, groups: Groups, starts: dict[str, np.ndarray], threads: int) -> float:
+def train(ctx: Context, out: Path, groups: Groups, starts: dict[str, np.ndarray]) -> float:
     """Phase 2: the sample, the centroids and the blocks (skipped when `blocks.npy` exists);
-    returns the encoder's similarity spread (from the sampled texts and images)."""
+    returns the encoder's similarity spread (from the sampled texts and images). The k-means
+    sample goes from the reading tasks to the fitting task through files (`buckets.fit`)."""
     from realsyn.retrieve.search import similarity_spread
 
     rc, seed = ctx.cfg.retrieve, ctx.cfg.runtime.seed
     if (out / "blocks.npy").exists():
         return float(ctx.ws.stage(NAME).get("sim_spread", 1.0))
-    n = int(load(out / "parts.npy", mmap=False)[-1])
+    pool = load(out / "parts.npy", mmap=False)
+    n = int(pool[-1])
     clusters = min(n, rc.clusters or auto_clusters(n, rc.sentences_per_cluster))
     train_rows = seeded_rows(n, min(rc.max_train, 256 * max(1, clusters)), seed)
     rng = np.random.default_rng(seed)
     spread_rows = np.sort(rng.choice(n, min(n, SPREAD_TEXTS), replace=False)) if n else np.zeros(0, np.int64)
-    sample, texts = sample_pool(ctx, groups, starts["sentences"], [train_rows, spread_rows])
+    _, texts = read_rows(ctx, "sentences", groups, starts["sentences"], pool, [train_rows, spread_rows],
+                         out / "sentences_kept.npy", spill=out if n else None)
     spread = round(similarity_spread(_image_sample(ctx, rng, starts["images"]), texts), 6)  # as the manifest keeps it, for resume
+    ctx.ws.note(NAME, sentences=n, sim_spread=spread)  # before blocks.npy marks the phase done
     if n:
-        index = CentroidIndex.train(sample, clusters, mode=rc.index, niter=rc.niter, seed=seed, ef=rc.hnsw_ef)
+        fit_index(ctx, Fit(out, len(groups.parts), clusters, n, rc.block_sentences, rc.index, rc.niter, seed, rc.hnsw_ef),
+                  f"{NAME}: k-means")
     else:
-        index = CentroidIndex.of(np.zeros((0, 1), np.float32), np.zeros(1, np.int64))
-    save_index(index, out)
-    ctx.ws.note(NAME, sentences=n, clusters=len(index.centroids), sim_spread=spread)
-    save(plan_blocks(index, sample if n else sample[:0], n, rc.block_sentences, threads), out / "blocks.npy")  # last: marks it done
+        save_index(CentroidIndex.of(np.zeros((0, 1), np.float32), np.zeros(1, np.int64)), out)
+        save(np.zeros(1, np.int64), out / "blocks.npy")
     return spread
 
 
@@ -182,7 +180,7 @@ def gather_block(task: BlockTask) -> int:
     return len(rows)
 
 
-def build(ctx: Context, out: Path, starts: dict[str, np.ndarray], threads: int) -> float:
+def build(ctx: Context, out: Path, starts: dict[str, np.ndarray]) -> float:
     """The whole index (phases 1-4, resumable); returns the similarity spread. `starts`: the
     first embed row of each part, per kind (`part_sizes`)."""
     rc, ws, started = ctx.cfg.retrieve, ctx.ws, time.time()
@@ -197,7 +195,8 @@ def build(ctx: Context, out: Path, starts: dict[str, np.ndarray], threads: int) 
         save(np.r_[0, np.cumsum(kept)].astype(np.int64), out / "parts.npy")
     pool = load(out / "parts.npy", mmap=False)
     groups = Groups.of(pool, rc.sentences_per_task)
-    spread = train(ctx, out, groups, starts, threads)
+    spread = train(ctx, out, groups, starts)
+    ws.note(NAME, clusters=len(load(out / "centroids.npy")))
     if ws.stage(NAME).get("index_built"):
         return spread
     blocks = load(out / "blocks.npy", mmap=False)

@@ -215,7 +215,7 @@ def _plan_stage(ctx: Context, out: Path) -> Plan:
     ws, cfg = ctx.ws, ctx.cfg
     n_parts = ws.stage(extract.NAME)["parts"]
     first = {kind: part_sizes(ws.root, kind, n_parts) for kind in ("images", "sentences")}
-    spread = index.build(ctx, out, first, cpu_count())  # bonuses are in units of the encoder's similarity spread
+    spread = index.build(ctx, out, first)  # bonuses are in units of the encoder's similarity spread
     starts, sentence_starts = first["images"], first["sentences"]
     probe = _nprobe(ctx, out, starts)
     rc = cfg.retrieve.model_copy(update={"doc_bonus": cfg.retrieve.doc_bonus * spread, "nprobe": probe["nprobe"],
