@@ -17,6 +17,10 @@ the largest worker (polled); then the ratios of the last size to the first.
 
     python benchmarks/scale.py make-workspace DIR --sentences N --images M [--dim D] [--embeddings DIR]
     python benchmarks/scale.py [--sizes 1M,4M] [--dim 384] [--workers 2] [--steps embed,retrieve,balance] [--json]
+    python benchmarks/scale.py --workspace DIR [--workspace DIR2] --steps retrieve,balance [--json]
+
+`--workspace` runs the steps on existing workspaces (made by `make-workspace`, or real ones whose
+embed is done) instead of making them; a step rewrites that stage's output there.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from realsyn.config import load_config, to_yaml
 from realsyn.runtime.context import Context
@@ -221,14 +226,22 @@ def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = (), 
         dedup = "embed" not in steps
         make_workspace(root, sentences, images, dim, duplicates=0 if dedup else DUPLICATE_EVERY, dedup=dedup)
         made = time.time() - started
-        runs = {}
-        for name in steps:
-            if name == "balance":
-                _skip_synth(root)
-            runs[name] = _run_stage(root, name, workers, sets)
-            print(json.dumps({"sentences": sentences, "step": name, **{k: v for k, v in runs[name].items() if k != "stage"},
-                              "seconds": runs[name]["stage"]["seconds"]}), file=sys.stderr, flush=True)
-    out = {"sentences": sentences, "images": images, "dim": dim, "set": list(sets), "workspace_seconds": round(made, 1)}
+        return {**measure_on(root, workers, sets, steps), "workspace_seconds": round(made, 1)}
+
+
+def measure_on(root: Path, workers: int, sets: tuple[str, ...] = (), steps: tuple[str, ...] = STEPS) -> dict:
+    """The steps on an existing workspace (`make-workspace`'s, or one whose embed is done)."""
+    counts = json.loads((root / "manifest.json").read_text())["stages"]["extract"]["counts"]
+    sentences, images = counts["sentences"]["kept"], counts["images"]["kept"]
+    dim = pq.ParquetFile(EMBED["sentences"].path(root, 0)).schema_arrow.field("embedding").type.list_size
+    runs = {}
+    for name in steps:
+        if name == "balance":
+            _skip_synth(root)
+        runs[name] = _run_stage(root, name, workers, sets)
+        print(json.dumps({"sentences": sentences, "step": name, **{k: v for k, v in runs[name].items() if k != "stage"},
+                          "seconds": runs[name]["stage"]["seconds"]}), file=sys.stderr, flush=True)
+    out = {"sentences": sentences, "images": images, "dim": dim, "set": list(sets)}
     for name, figures in (("dedup", _dedup), ("retrieve", _retrieve), ("balance", _balance)):
         step = "embed" if name == "dedup" else name
         if step in runs:
@@ -285,12 +298,17 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="a config override for retrieve, e.g. retrieve.nprobe=2")
     p.add_argument("--steps", default=",".join(STEPS), help="some of embed,retrieve,balance (balance needs retrieve)")
+    p.add_argument("--workspace", type=Path, action="append", default=[],
+                   help="run the steps on this existing workspace (repeatable, in place of --sizes)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     steps = tuple(s for s in STEPS if s in a.steps.split(","))
     runs = []
-    for size in a.sizes.split(","):
-        runs.append(measure(_size(size), a.dim, a.workers, tuple(a.set), steps))
+    for size in a.workspace or a.sizes.split(","):
+        if isinstance(size, Path):
+            runs.append(measure_on(size, a.workers, tuple(a.set), steps))
+        else:
+            runs.append(measure(_size(size), a.dim, a.workers, tuple(a.set), steps))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # each size as it ends: a long sweep shows progress
     first, last = runs[0], runs[-1]
     out = {"runs": runs, "ratios_last_to_first": {

@@ -139,9 +139,14 @@ def grouped_topk(q: np.ndarray, rows: np.ndarray, groups: np.ndarray, base: np.n
     return out
 
 
+def best_cols(sims: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the k best of each row (m x w), best first; equal similarities keep column order."""
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
 def merge_topk(idx: np.ndarray, sims: np.ndarray, k: int) -> TopK:
     """The k best of each row of candidate lists (m x w), by similarity, best first."""
-    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    best = best_cols(sims, k)
     return TopK(np.take_along_axis(idx, best, axis=1), np.take_along_axis(sims, best, axis=1))
 
 

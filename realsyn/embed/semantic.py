@@ -234,7 +234,7 @@ def clustered_pairs(ctx: Context, kind: str, starts: np.ndarray, threshold: floa
 def _exact_pairs(ctx: Context, kind: str, n_parts: int, threshold: float, gate: Gate | None) -> np.ndarray:
     """All pairs (a, b) above the threshold, in the driver (at most EXACT_MAX rows)."""
     _, emb = read_embeddings([EMBED[kind].path(ctx.ws.root, i) for i in range(n_parts)], EMBED[kind].id or "")
-    group = semantic_duplicates(emb, threshold, ctx.cfg.runtime.seed,
+    group = semantic_duplicates(emb, threshold,
                                 np.concatenate([phashes(ctx.ws.root, i) for i in range(n_parts)] or [np.zeros(0, np.int64)])
                                 if gate is not None else None, gate.bits if gate is not None else 64)
     dup = np.flatnonzero(group != np.arange(len(group)))

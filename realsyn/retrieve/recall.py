@@ -1,8 +1,8 @@
 """Recall of retrieve's search against exact search, and the automatic `nprobe` chosen from it.
 
-The sample is `recall_sample` kept images drawn with the seed. Its exact top-k over the sorted
-index (every block read once) and the cluster of each hit are computed once and kept in
-`retrieve/recall.npz`. The search scores every sentence of the clusters an image probes, so an
+The sample is `recall_sample` kept images drawn with the seed, read once and kept in
+`retrieve/recall_queries.npy`. Its exact top-k over the sorted index (every block read once) and
+the cluster of each hit are computed once and kept in `retrieve/recall.npz`. The search scores every sentence of the clusters an image probes, so an
 exact hit is found at nprobe p exactly when its cluster is among the image's p best clusters:
 recall at every nprobe follows from the probes alone, before any search runs (ties apart).
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realsyn.buckets import load
-from realsyn.centroids import TopK, centroid_recall, empty_topk, seeded_rows
+from realsyn.buckets import load, save
+from realsyn.centroids import TopK, best_cols, centroid_recall, empty_topk, seeded_rows
 from realsyn.config import RetrieveConfig
 from realsyn.retrieve.index import NAME, block_path, iter_blocks, open_centroids
 from realsyn.retrieve.join import search
@@ -25,14 +25,19 @@ from realsyn.tables import EMBED, read_embeddings
 
 def sample(work: Path, starts: np.ndarray, cfg: RetrieveConfig, seed: int) -> np.ndarray:
     """The embeddings of the sampled kept images (drawn among 4 x recall_sample rows, then the
-    kept ones), float32."""
+    kept ones), float32; read from their parts once, then from `retrieve/recall_queries.npy`."""
+    cached = work / NAME / "recall_queries.npy"
+    if cached.exists():
+        return load(cached, mmap=False)
     kept = load(work / NAME / "images_kept.npy")
     draw = seeded_rows(len(kept), min(len(kept), 4 * cfg.recall_sample), seed)
     rows = draw[np.asarray(kept[draw], bool)][:cfg.recall_sample]
     part = np.searchsorted(starts, rows, side="right") - 1
     got = [read_embeddings([EMBED["images"].path(work, int(p))], "image_id")[1][rows[part == p] - starts[p]]
            for p in np.unique(part)]
-    return np.concatenate(got).astype(np.float32) if got else np.zeros((0, 1), np.float32)
+    q = np.concatenate(got).astype(np.float32) if got else np.zeros((0, 1), np.float32)
+    save(q, cached)
+    return q
 
 
 def exact(out: Path, q: np.ndarray, k: int) -> tuple[TopK, np.ndarray]:
@@ -48,7 +53,7 @@ def exact(out: Path, q: np.ndarray, k: int) -> tuple[TopK, np.ndarray]:
         idx = np.where(found, np.asarray(base_rows)[np.maximum(h.idx, 0)], -1)
         cl = np.where(found, first + np.searchsorted(offsets, np.maximum(h.idx, 0), side="right") - 1, -1)
         sims = np.hstack([best.sims, h.sims])
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # the k best so far, as merge_topk
+        order = best_cols(sims, k)  # the k best so far, as merge_topk, carrying each hit's cluster
         best = TopK(np.take_along_axis(np.hstack([best.idx, idx]), order, axis=1), np.take_along_axis(sims, order, axis=1))
         clusters = np.take_along_axis(np.hstack([clusters, cl]), order, axis=1)
     return best, clusters
@@ -76,13 +81,18 @@ def by_nprobe(out: Path, q: np.ndarray, cfg: RetrieveConfig, most: int, threads:
     return [round(float(hit[:, :, :p].any(axis=2).sum() / valid.sum()), 4) for p in range(1, most + 1)]
 
 
+def _nothing(out: Path, q: np.ndarray) -> bool:
+    """Whether there is nothing to measure: no sampled image, or an index without sentences."""
+    return not len(q) or int(load(out / "parts.npy", mmap=False)[-1]) == 0
+
+
 def choose(work: Path, q: np.ndarray, cfg: RetrieveConfig, threads: int) -> dict:
     """The nprobe for the search: the configured one, or with `auto` the smallest whose recall
     reaches `target_recall` (at most `max_nprobe`); with the recall of each nprobe tried."""
     out = work / NAME
     if cfg.nprobe != "auto":
         return {"nprobe": cfg.nprobe}
-    if not len(q) or int(load(out / "parts.npy", mmap=False)[-1]) == 0:
+    if _nothing(out, q):
         return {"nprobe": 1}
     recalls = by_nprobe(out, q, cfg, cfg.max_nprobe, threads)
     met = [p for p, r in enumerate(recalls, 1) if r >= cfg.target_recall]
@@ -94,7 +104,7 @@ def measure(work: Path, q: np.ndarray, cfg: RetrieveConfig, nprobe: int, threads
     """recall@k of the search (global scope, `nprobe`) against exact search on the sample, and
     of the centroid step against a scan where it is routed."""
     out = work / NAME
-    if not len(q) or int(load(out / "parts.npy", mmap=False)[-1]) == 0:
+    if _nothing(out, q):
         return {"recall_at_k": None, "recall_images": 0}
     approx = search(out, q, cfg.model_copy(update={"nprobe": nprobe}), threads).idx
     found = {"recall_at_k": round(recall_at_k(approx, truth(out, q, cfg.k)[0]), 4), "recall_images": len(q)}
