@@ -20,7 +20,8 @@ the largest worker (polled); then the ratios of the last size to the first.
     python benchmarks/scale.py --workspace DIR [--workspace DIR2] --steps retrieve,balance [--json]
 
 `--workspace` runs the steps on existing workspaces (made by `make-workspace`, or real ones whose
-embed is done) instead of making them; a step rewrites that stage's output there.
+embed is done) instead of making them; retrieve and balance are wiped and run from scratch there
+(embed is run only where it has not finished: its folder holds the embeddings).
 """
 
 from __future__ import annotations
@@ -236,6 +237,8 @@ def measure_on(root: Path, workers: int, sets: tuple[str, ...] = (), steps: tupl
     dim = pq.ParquetFile(EMBED["sentences"].path(root, 0)).schema_arrow.field("embedding").type.list_size
     runs = {}
     for name in steps:
+        if name != "embed" and Workspace(root).stage(name):  # measured from scratch, not skipped as up to date
+            Workspace(root).begin(name, "")  # (never embed: its folder holds the synthetic embeddings)
         if name == "balance":
             _skip_synth(root)
         runs[name] = _run_stage(root, name, workers, sets)

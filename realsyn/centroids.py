@@ -63,9 +63,23 @@ def train_kmeans(x: np.ndarray, clusters: int, *, niter: int = 20, max_train: in
     return f32(km.centroids)
 
 
+ARGMAX_K = 8  # top_cols: up to this k, k passes of argmax (a SIMD scan each) instead of a partition
+
+
 def top_cols(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the k largest entries of each row, best first."""
+    """Column indices and values of the k largest entries of each row (finite scores), best first;
+    equal values in column order. Up to ARGMAX_K columns by repeated argmax (d = 384, 10k
+    centroids, k = 2: about 1 ms per 256 rows against 20-120 ms for the partition, which cost
+    more than the product itself)."""
     m, n = scores.shape
+    if n > k and k <= ARGMAX_K:
+        work, rows = (scores.copy() if k > 1 else scores), np.arange(m)
+        cols = np.empty((m, k), np.int64)
+        for j in range(k):
+            cols[:, j] = work.argmax(axis=1)
+            if j + 1 < k:
+                work[rows, cols[:, j]] = -np.inf
+        return cols, np.take_along_axis(scores, cols, axis=1)
     if n <= k:
         cols = np.broadcast_to(np.arange(n), scores.shape)
     else:  # SIMD partition of the values finds each row's k-th best; ties need argpartition

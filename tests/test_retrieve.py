@@ -391,3 +391,20 @@ def test_automatic_nprobe(tmp_path):
     assert curve[-1] >= 0.8 and (chosen == 1 or curve[-2] < 0.8)
     assert counts["recall_at_k"] == curve[-1]  # the search finds what the probes predict
     assert chosen > 1  # this data needs more than one cluster for 0.8
+
+
+def test_top_cols_by_argmax_equals_a_full_sort():
+    """The repeated-argmax route of `top_cols` (k <= ARGMAX_K) and the partition route give each
+    row's k best columns best first, equal values in column order, as a stable full sort does."""
+    from realsyn.centroids import ARGMAX_K, top_cols
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((300, 500)).astype(np.float32)
+    scores[:50, 10:20] = 7.0  # ties at the top
+    scores[50:60] = np.round(scores[50:60])  # ties everywhere
+    for k in (1, 2, 3, ARGMAX_K, ARGMAX_K + 1, 40):
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        cols, vals = top_cols(scores, k)
+        assert np.array_equal(vals, np.take_along_axis(scores, want, axis=1)), k
+        if k <= ARGMAX_K:
+            assert np.array_equal(cols, want), k

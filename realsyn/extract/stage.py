@@ -52,7 +52,7 @@ from realsyn.tables import (
 
 NAME = "extract"
 RAW = ("images", "sentences", "blobs", "downloads")  # phase 1's tables, per part
-RANGED = ("mmc4", "obelics")  # formats whose byte or row ranges may repeat a document (a re-crawled URL)
+RANGED = ("mmc4", "obelics", "warc")  # formats whose byte or row ranges may repeat a document (a re-crawled URL)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,8 @@ def scorers(cfg: ExtractConfig, models: ModelsConfig, device: str) -> Scorers:
 def _process(task: _Task) -> int:
     """Phase 1 for one shard (runs in a worker): its parts, then its done mark. Returns the number of documents."""
     before, docs, parts = Counter(SKIPPED), 0, 0
+    if task.shard.index and (m := mirror.active()) is not None:
+        m.fetch(Path(task.shard.index))  # written by the driver (a WARC's record index)
     score = scorers(task.cfg, task.models, task.device)
     for parts, chunk in enumerate(_chunks(read_shard(task.shard, from_config(task.cfg)), task.cfg), 1):
         _part(task, chunk, score, parts - 1)
@@ -177,8 +179,13 @@ class _Shards:
 
     def __iter__(self) -> Iterator[_Task]:
         e = self.cfg.extract
-        shards = (s for path in self.inputs for s in plan(path, from_config(e), e.shard_kib << 10, e.docs_per_part))
+        scratch = self.out / "_raw" / "warc"  # WARC record indexes the planner writes for the tasks
+        shards = (s for path in self.inputs for s in plan(path, from_config(e), e.shard_kib << 10, e.docs_per_part, scratch))
+        synced: set[str] = set()
         for i, shard in enumerate(self._counted(shards)):
+            if shard.index and shard.index not in synced and (m := mirror.active()) is not None:
+                m.push(Path(shard.index))  # tasks on other nodes fetch it
+                synced.add(shard.index)
             if not _marker(self.out, i).exists():
                 yield _Task(i, shard, e, self.cfg.models, self.cfg.runtime.device, self.out, self.cfg.download, self.images)
 

@@ -80,14 +80,17 @@ def read_documents(path: Path, policy: ReadPolicy = DEFAULT) -> Iterator[Documen
     return READERS[detect(path)](Path(path), policy, WHOLE)
 
 
-def plan(path: Path, policy: ReadPolicy, target: int, docs: int) -> Iterator[Shard]:
+def plan(path: Path, policy: ReadPolicy, target: int, docs: int, scratch: Path | None = None) -> Iterator[Shard]:
     """The shards of `path`, in reading order: about `target` bytes each (ZIM: about `docs`
-    articles; an HTML folder: at most `docs` files); a WARC or gzipped JSONL file whole; for a
-    folder of inputs, each file's shards."""
+    articles; an HTML folder: at most `docs` files); a gzipped JSONL file whole, a WARC file whole
+    unless there is a `scratch` folder for its index of records; for a folder of inputs, each
+    file's shards."""
     path, fmt = Path(path), detect(path)
     if fmt == "folder":
         for f in _container_files(path, policy):
-            yield from plan(f, policy, target, docs)
+            yield from plan(f, policy, target, docs, scratch)
+    elif fmt == "warc":  # the one planner that reads the input (record headers) and writes an index
+        yield from warc.plan(path, target, scratch)
     elif fmt in PLANNERS:
         yield from PLANNERS[fmt](path, policy, target, docs)
     else:

@@ -33,7 +33,8 @@ class Shard:
     entry, JSONL byte, parquet row, EPUB spine item; None: to the end); an HTML folder's shard
     names its `files`, and a long file is split into `slice` (k, K): the k-th of K runs of its
     chapters, each run read by a task that parses the whole file (a skipped file is counted by
-    the slice k = 0 only)."""
+    the slice k = 0 only). A WARC's shard is a byte range of records (`start`, `stop`: record
+    offsets) and names the `index` of its archive's image records."""
 
     path: Path
     format: str
@@ -41,6 +42,7 @@ class Shard:
     stop: int | None = None
     files: tuple[str, ...] = ()
     slice: tuple[int, int] = (0, 1)
+    index: str = ""  # a file the planner wrote for the tasks (a WARC's image offsets), "" if none
 
 
 WHOLE = Shard(Path(), "")

@@ -1,8 +1,10 @@
 """`.warc` / `.warc.gz`: HTML responses are documents; their images come from image responses of
-the same archive, found in a first pass (URL -> record offset) and read back by seeking."""
+the same archive, found in a first pass (URL -> record offset) and read back by seeking. The
+planner's pass also records the pages' offsets, so tasks read runs of pages by byte range."""
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
 from functools import partial
@@ -10,22 +12,25 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
 from realsyn.errors import InputError
-from realsyn.io.documents import Document, Item
+from realsyn.io.documents import Document, Item, stable_id
 from realsyn.io.policy import DEFAULT, ReadPolicy
-from realsyn.io.readers.base import WHOLE, Seen, Shard, base_name, canonical_url, doc_id, is_remote, log, skip
+from realsyn.io.readers.base import WHOLE, Seen, Shard, base_name, by_size, canonical_url, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import page_items
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _ERRORS = (ArchiveLoadFailed, EOFError, OSError, ValueError, zlib.error)
 
 
-def _records(fh: BinaryIO, path: Path) -> Iterator[tuple[ArchiveIterator, ArcWarcRecord]]:
-    """(iterator, record) pairs; an unreadable start is an InputError, a damaged tail a warning.
+def _records(fh: BinaryIO, path: Path, note: bool = True) -> Iterator[tuple[ArchiveIterator, ArcWarcRecord]]:
+    """(iterator, record) pairs; an unreadable start is an InputError, a damaged tail a warning
+    (counted as a skip only with `note`: the reading pass, not the index pass before it).
     (`iterator.get_record_offset()` skips the record's content, so only call it when that is not needed.)"""
     it, n = ArchiveIterator(fh), 0
     try:
@@ -39,7 +44,8 @@ def _records(fh: BinaryIO, path: Path) -> Iterator[tuple[ArchiveIterator, ArcWar
     except _ERRORS as exc:
         if n == 0:
             raise InputError(f"cannot read WARC file {path}: {exc}") from exc
-        skip("damaged_stream_tail", "%s: damaged after record %d (%s); stopping there", path, n, exc)
+        if note:
+            skip("damaged_stream_tail", "%s: damaged after record %d (%s); stopping there", path, n, exc)
 
 
 def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
@@ -53,14 +59,51 @@ def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
     return (canonical_url(url), mime.strip().lower(), charset) if url else None
 
 
-def _image_offsets(path: Path) -> dict[str, int]:
-    """First pass: URL -> offset of the first 200 `image/*` response record for it."""
-    offsets: dict[str, int] = {}
+def _scan(path: Path) -> tuple[list[int], dict[str, int]]:
+    """One pass over the records: the offsets of the status-200 HTML responses, and URL -> offset
+    of the first 200 `image/*` response for it."""
+    pages, images = list[int](), dict[str, int]()
     with path.open("rb") as fh:
-        for it, rec in _records(fh, path):
-            if (r := _response(rec)) and r[1].startswith("image/"):
-                offsets.setdefault(r[0], it.get_record_offset())
-    return offsets
+        for it, rec in _records(fh, path, note=False):
+            if r := _response(rec):
+                if r[1] in HTML_TYPES:
+                    pages.append(it.get_record_offset())
+                elif r[1].startswith("image/"):
+                    images.setdefault(r[0], it.get_record_offset())
+    return pages, images
+
+
+def plan(path: Path, target: int, scratch: Path | None) -> Iterator[Shard]:
+    """Runs of pages of about `target` bytes, as record byte ranges, from one pass over the archive
+    (`_scan`, done once: its result is kept in `scratch` as the shards' `index`, where the tasks
+    find their pages' images, which may lie anywhere in the archive). Whole when the file is
+    smaller than `target` or there is no `scratch`."""
+    size = path.stat().st_size
+    if scratch is None or size <= target:
+        yield Shard(path, "warc")
+        return
+    index = scratch / f"{stable_id(str(path.resolve()), str(size), str(path.stat().st_mtime_ns))}.parquet"
+    if not index.exists():
+        pages, images = _scan(path)
+        table = pa.table({"kind": ["page"] * len(pages) + ["image"] * len(images),
+                          "url": [""] * len(pages) + list(images), "offset": pages + list(images.values())})
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f"{index.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, index)  # atomic: a task sees the whole index or none
+    t = pq.read_table(index, filters=[("kind", "==", "page")], columns=["offset"])
+    pages = t["offset"].to_pylist()
+    ends = pages[1:] + [size]
+    for a, e in by_size([end - start for start, end in zip(pages, ends)], target):
+        yield Shard(path, "warc", pages[a] if a else 0, pages[e] if e < len(pages) else None, index=str(index))
+
+
+def _image_offsets(path: Path, index: str) -> dict[str, int]:
+    """URL -> offset of the archive's images: from the planner's index, else one pass."""
+    if not index:
+        return _scan(path)[1]
+    t = pq.read_table(index, filters=[("kind", "==", "image")], columns=["url", "offset"])
+    return dict(zip(t["url"].to_pylist(), t["offset"].to_pylist()))
 
 
 def _content(rec: ArcWarcRecord, cap: int) -> bytes | None:
@@ -93,14 +136,19 @@ def _resolve(src: str, page: str, offsets: dict[str, int], fh: BinaryIO, cap: in
 
 
 def read(path: Path, policy: ReadPolicy = DEFAULT, shard: Shard = WHOLE) -> Iterator[Document]:
-    """The whole archive (one shard: its pages' images may lie anywhere in it). Status-200 HTML responses in archive order (`revisit` and other records ignored); a URL
-    captured twice keeps its first capture. doc_id from the target URL. A page over
-    `policy.max_document_bytes` is skipped, an image over `policy.max_item_bytes` is `too_large`."""
+    """Status-200 HTML responses in archive order (`revisit` and other records ignored), those of
+    the records in [shard.start, shard.stop) for a shard; a URL captured twice keeps its first
+    capture (across shards: extract's repeated-documents step). doc_id from the target URL. A
+    page over `policy.max_document_bytes` is skipped, an image over `policy.max_item_bytes` is
+    `too_large`."""
     path = Path(path)
-    offsets = _image_offsets(path)
+    offsets = _image_offsets(path, shard.index)
     name, seen = base_name(path), Seen(path)
     with path.open("rb") as fh, path.open("rb") as images:
-        for _, rec in _records(fh, path):
+        fh.seek(shard.start)
+        for it, rec in _records(fh, path):
+            if shard.stop is not None and it.offset >= shard.stop:  # the record starts the next shard
+                break
             r = _response(rec)
             if not r or r[1] not in HTML_TYPES:
                 continue
