@@ -232,7 +232,8 @@ def measure(sentences: int, dim: int, workers: int, sets: tuple[str, ...] = (), 
 
 def measure_on(root: Path, workers: int, sets: tuple[str, ...] = (), steps: tuple[str, ...] = STEPS) -> dict:
     """The steps on an existing workspace (`make-workspace`'s, or one whose embed is done)."""
-    counts = json.loads((root / "manifest.json").read_text())["stages"]["extract"]["counts"]
+    stages = json.loads((root / "manifest.json").read_text())["stages"]
+    counts = stages.get("embed", {}).get("counts") or stages["extract"]["counts"]  # the pool after embed's dedup
     sentences, images = counts["sentences"]["kept"], counts["images"]["kept"]
     dim = pq.ParquetFile(EMBED["sentences"].path(root, 0)).schema_arrow.field("embedding").type.list_size
     runs = {}
