@@ -129,3 +129,22 @@ def test_a_book_after_small_pages_is_still_sliced(data_dir, tmp_path):
     assert shards[0].files == ("a.html",) and all(s.files == ("b.htm",) for s in shards[1:])
     assert [s.slice for s in shards[1:]] == [(j, len(shards) - 1) for j in range(len(shards) - 1)] and len(shards) > 3
     assert _docs(d for s in shards for d in read_shard(s)) == _docs(read_documents(tmp_path))
+
+
+def test_a_truncated_warc_in_ranges_reads_what_a_whole_read_reads(data_dir, tmp_path):
+    """A `.warc.gz` cut mid-record: its ranges give the documents and the skip counts a whole read
+    gives (the index pass counts nothing)."""
+    from realsyn.io.readers.base import SKIPPED
+
+    data = (data_dir / "warc" / "iana.warc.gz").read_bytes()
+    cut = tmp_path / "cut.warc.gz"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    before = SKIPPED.copy()
+    whole = _docs(read_documents(cut))
+    counted = SKIPPED - before
+    shards = list(plan(cut, DEFAULT, 16 << 10, 16, tmp_path / "scratch"))
+    first: dict = {}
+    for d in (d for s in shards for d in read_shard(s)):
+        first.setdefault(d.doc_id, d)
+    assert len(shards) > 1 and whole and _docs(first.values()) == whole
+    assert SKIPPED - before == counted + counted
