@@ -73,13 +73,7 @@ def top_cols(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     more than the product itself)."""
     m, n = scores.shape
     if n > k and k <= ARGMAX_K:
-        work, rows = (scores.copy() if k > 1 else scores), np.arange(m)
-        cols = np.empty((m, k), np.int64)
-        for j in range(k):
-            cols[:, j] = work.argmax(axis=1)
-            if j + 1 < k:
-                work[rows, cols[:, j]] = -np.inf
-        return cols, np.take_along_axis(scores, cols, axis=1)
+        return _top_by_argmax(scores, k)
     if n <= k:
         cols = np.broadcast_to(np.arange(n), scores.shape)
     else:  # SIMD partition of the values finds each row's k-th best; ties need argpartition
@@ -89,6 +83,17 @@ def top_cols(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     vals = np.take_along_axis(scores, cols, axis=1)
     best = np.argsort(-vals, axis=1, kind="stable")
     return np.take_along_axis(cols, best, axis=1), np.take_along_axis(vals, best, axis=1)
+
+
+def _top_by_argmax(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`top_cols` by k argmax passes, each best column masked for the next (on a copy)."""
+    work, rows = (scores.copy() if k > 1 else scores), np.arange(len(scores))
+    cols = np.empty((len(scores), k), np.int64)
+    for j in range(k):
+        cols[:, j] = work.argmax(axis=1)
+        if j + 1 < k:
+            work[rows, cols[:, j]] = -np.inf
+    return cols, np.take_along_axis(scores, cols, axis=1)
 
 
 def nearest_centroids(x: np.ndarray, centroids: np.ndarray, nprobe: int = 1,
