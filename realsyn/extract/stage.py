@@ -181,11 +181,7 @@ class _Shards:
         e = self.cfg.extract
         scratch = self.out / "_raw" / "warc"  # WARC record indexes the planner writes for the tasks
         shards = (s for path in self.inputs for s in plan(path, from_config(e), e.shard_kib << 10, e.docs_per_part, scratch))
-        synced: set[str] = set()
         for i, shard in enumerate(self._counted(shards)):
-            if shard.index and shard.index not in synced and (m := mirror.active()) is not None:
-                m.push(Path(shard.index))  # tasks on other nodes fetch it
-                synced.add(shard.index)
             if not _marker(self.out, i).exists():
                 yield _Task(i, shard, e, self.cfg.models, self.cfg.runtime.device, self.out, self.cfg.download, self.images)
 

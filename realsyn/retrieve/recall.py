@@ -2,9 +2,10 @@
 
 The sample is `recall_sample` kept images drawn with the seed, read once and kept in
 `retrieve/recall_queries.npy`. Its exact top-k over the sorted index (every block read once) and
-the cluster of each hit are computed once and kept in `retrieve/recall.npz`. The search scores every sentence of the clusters an image probes, so an
-exact hit is found at nprobe p exactly when its cluster is among the image's p best clusters:
-recall at every nprobe follows from the probes alone, before any search runs (ties apart).
+the cluster of each hit are computed once and kept in `retrieve/recall.npz`. The search scores
+every sentence of the clusters an image probes, so an exact hit is found at nprobe p exactly
+when its cluster is among the image's p best clusters: recall at every nprobe follows from the
+probes alone, before any search runs (ties apart).
 """
 
 from __future__ import annotations

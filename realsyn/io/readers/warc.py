@@ -4,7 +4,6 @@ planner's pass also records the pages' offsets, so tasks read runs of pages by b
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +22,7 @@ from realsyn.io.documents import Document, Item, stable_id
 from realsyn.io.policy import DEFAULT, ReadPolicy
 from realsyn.io.readers.base import WHOLE, Seen, Shard, base_name, by_size, canonical_url, doc_id, is_remote, log, skip
 from realsyn.io.readers.html import page_items
+from realsyn.runtime.workspace import write_table
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _ERRORS = (ArchiveLoadFailed, EOFError, OSError, ValueError, zlib.error)
@@ -87,10 +87,7 @@ def plan(path: Path, target: int, scratch: Path | None) -> Iterator[Shard]:
         pages, images = _scan(path)
         table = pa.table({"kind": ["page"] * len(pages) + ["image"] * len(images),
                           "url": [""] * len(pages) + list(images), "offset": pages + list(images.values())})
-        index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(f"{index.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, index)  # atomic: a task sees the whole index or none
+        write_table(table, index)  # atomic (a task sees the whole index or none); pushed to a URL workspace's store
     t = pq.read_table(index, filters=[("kind", "==", "page")], columns=["offset"])
     pages = t["offset"].to_pylist()
     ends = pages[1:] + [size]
