@@ -66,10 +66,13 @@ CLUSTERED = {"EXACT_MAX": 0, "BLOCK_ROWS": 4000, "ROWS_PER_TASK": 5000}
 
 
 def test_clustered_dedup_finds_the_planted_copies_as_exact_search_does(pool, tmp_path):
-    exact, how, _ = _dedup(pool, workers=1)
+    exact, how, exact_of = _dedup(pool, workers=1)
     assert how == {"method": "exact"}
     planted = (20_000 // EVERY) - 1  # every 20th row from row 20 on (rows 0-4 of a part have no source)
     assert exact.sum() >= 0.95 * planted
+    ids = pq.read_table(pool / "embed" / "dedup_sentences.parquet")["sentence_id"].to_pylist()
+    copies = [r for r in range(EVERY, 20_000, EVERY) if exact[r]]  # each names the row it was copied from
+    assert sum(exact_of[r] == ids[r - 1 - (r // EVERY) % 5] for r in copies) >= 0.99 * len(copies)
     work = tmp_path / "work"
     shutil.copytree(pool, work)
     clustered, info, dup_of = _dedup(work, **CLUSTERED)

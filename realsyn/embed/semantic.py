@@ -254,27 +254,28 @@ def keep_first(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_status(ctx: Context, kind: str, n_parts: int, dups: np.ndarray, of: np.ndarray) -> Counter:
-    """`embed/dedup_KIND.parquet`, streamed part by part (ids of kept rows that others duplicate
-    are remembered until used: memory follows the duplicates)."""
+    """`embed/dedup_KIND.parquet`, streamed part by part. The ids of kept rows that others
+    duplicate are taken from their part as it passes (a row's original comes before it) and held
+    as one arrow string column: memory follows the duplicates, about 30 bytes each."""
     table, id_col = EMBED_DEDUP[kind], EMBED[kind].id or ""
-    wanted, names = np.unique(of), dict[int, str]()
+    wanted, names = np.unique(of), list[pa.Array]()
     schema = pa.schema([(id_col, pa.string()), ("status", pa.string()), ("reason", pa.string()), ("dup_of", pa.string())])
     start = 0
     with atomic_path(table.path(ctx.ws.root)) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
         for i in range(n_parts):
-            ids = pq.read_table(EMBED[kind].path(ctx.ws.root, i), columns=[id_col])[id_col].to_pylist()
+            ids = pq.read_table(EMBED[kind].path(ctx.ws.root, i), columns=[id_col])[id_col].combine_chunks()
             a, e = np.searchsorted(wanted, [start, start + len(ids)])
-            names.update({int(r): ids[int(r) - start] for r in wanted[a:e]})
+            names.append(ids.take(pa.array(wanted[a:e] - start)))
             lo, hi = np.searchsorted(dups, [start, start + len(ids)])
             is_dup = np.zeros(len(ids), bool)
             is_dup[dups[lo:hi] - start] = True
-            dup_of: list[str | None] = [None] * len(ids)
-            for r, o in zip(dups[lo:hi], of[lo:hi]):
-                dup_of[int(r) - start] = names[int(o)]
-            w.write_table(pa.table({id_col: pa.array(ids, pa.string()),
-                                    "status": pa.array(np.where(is_dup, "rejected", "kept").tolist(), pa.string()),
-                                    "reason": pa.array([("semantic_duplicate" if d else None) for d in is_dup], pa.string()),
-                                    "dup_of": pa.array(dup_of, pa.string())}, schema=schema))
+            known = np.zeros(len(ids), np.int64)  # each duplicate's original: its place in `names`
+            known[dups[lo:hi] - start] = np.searchsorted(wanted, of[lo:hi])
+            w.write_table(pa.table({id_col: ids,
+                                    "status": pa.array(np.where(is_dup, "rejected", "kept"), pa.string()),
+                                    "reason": pa.array(np.full(len(ids), "semantic_duplicate"), pa.string(), mask=~is_dup),
+                                    "dup_of": pa.chunked_array(names, pa.string()).take(pa.array(known, mask=~is_dup))},
+                                   schema=schema))
             start += len(ids)
     return Counter({"kept": start - len(dups), "rejected:semantic_duplicate": len(dups)})
 
