@@ -1,6 +1,7 @@
 """Planning without reading: tasks carry shard descriptions, read their own shards, and the
 tables do not depend on how the inputs were cut nor on the number of workers."""
 
+import gzip
 import json
 import pickle
 from pathlib import Path
@@ -131,17 +132,21 @@ def test_a_book_after_small_pages_is_still_sliced(data_dir, tmp_path):
     assert _docs(d for s in shards for d in read_shard(s)) == _docs(read_documents(tmp_path))
 
 
-def test_a_truncated_warc_in_ranges_reads_what_a_whole_read_reads(data_dir, tmp_path):
-    """A `.warc.gz` cut mid-record: its ranges give the documents and the skip counts a whole read
-    gives (the index pass counts nothing)."""
+@pytest.mark.parametrize("suffix", [".warc.gz", ".warc"])
+def test_a_truncated_warc_in_ranges_reads_what_a_whole_read_reads(data_dir, tmp_path, suffix):
+    """A WARC (compressed or plain) cut mid-record: a whole read counts one damaged tail, and its
+    ranges give the documents and the skip counts of the whole read (the index pass counts nothing)."""
     from realsyn.io.readers.base import SKIPPED
 
     data = (data_dir / "warc" / "iana.warc.gz").read_bytes()
-    cut = tmp_path / "cut.warc.gz"
+    if suffix == ".warc":
+        data = gzip.decompress(data)
+    cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     before = SKIPPED.copy()
     whole = _docs(read_documents(cut))
     counted = SKIPPED - before
+    assert counted["damaged_stream_tail"] == 1
     shards = list(plan(cut, DEFAULT, 16 << 10, 16, tmp_path / "scratch"))
     first: dict = {}
     for d in (d for s in shards for d in read_shard(s)):

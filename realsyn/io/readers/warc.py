@@ -32,7 +32,7 @@ def _records(fh: BinaryIO, path: Path, note: bool = True) -> Iterator[tuple[Arch
     """(iterator, record) pairs; an unreadable start is an InputError, a damaged tail a warning
     (counted as a skip only with `note`: the reading pass, not the index pass before it).
     (`iterator.get_record_offset()` skips the record's content, so only call it when that is not needed.)"""
-    it, n = ArchiveIterator(fh), 0
+    it, n, rec = ArchiveIterator(fh), 0, None
     try:
         for rec in it:
             if n == 0 and not rec.format.startswith("warc"):
@@ -46,6 +46,10 @@ def _records(fh: BinaryIO, path: Path, note: bool = True) -> Iterator[tuple[Arch
             raise InputError(f"cannot read WARC file {path}: {exc}") from exc
         if note:
             skip("damaged_stream_tail", "%s: damaged after record %d (%s); stopping there", path, n, exc)
+        return
+    missing = getattr(rec.raw_stream, "limit", 0) if rec is not None else 0  # warcio ends a cut file quietly
+    if note and missing:
+        skip("damaged_stream_tail", "%s: cut inside record %d (%d bytes missing); stopping there", path, n, missing)
 
 
 def _response(rec: ArcWarcRecord) -> tuple[str, str, str | None] | None:
