@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from realsyn.centroids import CentroidIndex, sort_by_group
+from realsyn.centroids import CentroidIndex, faiss_threads, sort_by_group
 from realsyn.runtime import mirror
 from realsyn.runtime.context import Context
 from realsyn.runtime.executor import cpu_count
@@ -171,13 +171,8 @@ def fit(task: Fit) -> int:
     sample = np.concatenate([p for p in pieces if len(p)])
     del pieces
     threads = task.threads or cpu_count()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)  # the k-means is the same on any number of threads
-    try:
-        with threadpool_limits(threads, user_api="blas"):
-            index = CentroidIndex.train(sample, task.clusters, mode=task.mode, niter=task.niter, seed=task.seed, ef=task.ef)
-    finally:
-        faiss.omp_set_num_threads(before)
+    with faiss_threads(threads), threadpool_limits(threads, user_api="blas"):  # same k-means on any number of threads
+        index = CentroidIndex.train(sample, task.clusters, mode=task.mode, niter=task.niter, seed=task.seed, ef=task.ef)
     save_index(index, task.folder)
     save(plan_blocks(index, sample, task.rows, task.per_block, threads), task.folder / "blocks.npy")
     return len(sample)

@@ -6,7 +6,9 @@ Embeddings are expected L2-normalised: inner product = cosine.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -24,6 +26,17 @@ class TopK(NamedTuple):
 
     idx: np.ndarray  # (m, k) int64
     sims: np.ndarray  # (m, k) float32, -inf where idx is -1
+
+
+@contextmanager
+def faiss_threads(threads: int) -> Iterator[None]:
+    """faiss's OpenMP threads for the block (0: every CPU), restored after it."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads or cpu_count())
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def f32(x: np.ndarray) -> np.ndarray:
@@ -200,12 +213,8 @@ def hnsw_router(centroids: np.ndarray) -> faiss.Index:
     every search on it, is the same on every run."""
     index = faiss.IndexHNSWFlat(centroids.shape[1], _HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = _HNSW_EF_CONSTRUCTION
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with faiss_threads(1):
         index.add(f32(centroids))
-    finally:
-        faiss.omp_set_num_threads(threads)
     return index
 
 
@@ -287,14 +296,10 @@ class CentroidIndex:
             return nearest_centroids(x, self.centroids, k, threads)
         out = empty_topk(len(x), k)
         params = faiss.SearchParametersHNSW(efSearch=max(self.ef, k))  # type: ignore[attr-defined]  # not in the stubs
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads or cpu_count())
-        try:
+        with faiss_threads(threads):
             for a in range(0, len(x), 1 << 16):
                 sims, idx = self.router.search(f32(x[a:a + (1 << 16)]), k, params=params)
                 out.idx[a:a + len(idx)], out.sims[a:a + len(idx)] = idx, np.where(idx >= 0, sims, -np.inf)
-        finally:
-            faiss.omp_set_num_threads(before)
         return out
 
     def _through_cells(self, x: np.ndarray, k: int, threads: int, batch: int = 1 << 16) -> TopK:
