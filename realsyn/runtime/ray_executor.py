@@ -172,8 +172,14 @@ class RayExecutor(Executor):
         self._actors: tuple[str, _ActorPool] | None = None  # the running model stage's actors
 
     def threads_for(self, tasks: int) -> int:
-        """Math threads per task: the CPUs a task reserves by default (at least 1)."""
-        return max(1, int(self.cfg.num_cpus.get("default", 1.0)))
+        """Math threads per task: the CPUs a task reserves by default (at least 1). A task that
+        runs alone (a k-means fit, a stage of one part) gets the CPUs of the smallest node: no
+        other task of the run shares its node while it runs."""
+        each = max(1, int(self.cfg.num_cpus.get("default", 1.0)))
+        if tasks != 1:
+            return each
+        nodes = [n["Resources"].get("CPU", 0) for n in self._connect().nodes() if n.get("Alive")]
+        return max(each, int(min(nodes, default=each)))
 
     def _connect(self) -> Any:
         import ray
