@@ -121,3 +121,16 @@ def test_cluster_pairs_skips_empty_and_single_clusters():
     offsets = np.array([0, 0, 2, 2, 3, 6])  # clusters of 0, 2, 0, 1 and 3 rows
     a, b = cluster_pairs(x, offsets, 0.99)
     assert sorted(zip(a.tolist(), b.tolist())) == [(0, 1), (3, 4), (3, 5), (4, 5)]
+
+
+def test_pick_reads_each_part_array_alone_in_the_order_asked():
+    import pyarrow as pa
+
+    from realsyn.embed.semantic import _pick
+
+    names = [pa.array(["a", "b"]), pa.array([], pa.string()), pa.array(["c"]), pa.array(["d", "e", "f"])]
+    firsts = np.array([0, 2, 2, 3])
+    assert _pick(names, firsts, np.array([5, 0, 2, 3, 0, 1])).to_pylist() == ["f", "a", "c", "d", "a", "b"]
+    assert _pick(names, firsts, np.zeros(0, np.int64)).to_pylist() == []
+    none = pa.array(np.zeros(2, np.int64), mask=np.array([True, True]))  # rows that duplicate nothing
+    assert _pick(names, firsts, np.zeros(0, np.int64)).take(none).to_pylist() == [None, None]

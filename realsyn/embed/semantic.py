@@ -253,12 +253,24 @@ def keep_first(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return nodes[dup], first[dup]
 
 
+def _pick(names: list[pa.Array], firsts: np.ndarray, at: np.ndarray) -> pa.Array:
+    """The strings at positions `at` of the concatenation of `names` (array j starts at
+    `firsts[j]`), in the order of `at`; each array is read alone, never concatenated."""
+    chunk = np.searchsorted(firsts, at, side="right") - 1
+    order = np.argsort(chunk, kind="stable")
+    used, begin = np.unique(chunk[order], return_index=True)
+    end = np.append(begin[1:], len(order))
+    pieces = [names[j].take(pa.array(at[order[a:e]] - firsts[j])) for j, a, e in zip(used, begin, end)]
+    picked = pa.concat_arrays(pieces) if pieces else pa.array([], pa.string())
+    return picked.take(pa.array(np.argsort(order)))
+
+
 def write_status(ctx: Context, kind: str, n_parts: int, dups: np.ndarray, of: np.ndarray) -> Counter:
     """`embed/dedup_KIND.parquet`, streamed part by part. The ids of kept rows that others
     duplicate are taken from their part as it passes (a row's original comes before it) and held
-    as one arrow string column: memory follows the duplicates, about 30 bytes each."""
+    as arrow strings, one array per part: memory follows the duplicates, about 30 bytes each."""
     table, id_col = EMBED_DEDUP[kind], EMBED[kind].id or ""
-    wanted, names = np.unique(of), list[pa.Array]()
+    wanted, names, firsts = np.unique(of), list[pa.Array](), list[int]()
     schema = pa.schema([(id_col, pa.string()), ("status", pa.string()), ("reason", pa.string()), ("dup_of", pa.string())])
     start = 0
     with atomic_path(table.path(ctx.ws.root)) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
@@ -266,16 +278,17 @@ def write_status(ctx: Context, kind: str, n_parts: int, dups: np.ndarray, of: np
             ids = pq.read_table(EMBED[kind].path(ctx.ws.root, i), columns=[id_col])[id_col].combine_chunks()
             a, e = np.searchsorted(wanted, [start, start + len(ids)])
             names.append(ids.take(pa.array(wanted[a:e] - start)))
+            firsts.append(int(a))
             lo, hi = np.searchsorted(dups, [start, start + len(ids)])
             is_dup = np.zeros(len(ids), bool)
             is_dup[dups[lo:hi] - start] = True
-            known = np.zeros(len(ids), np.int64)  # each duplicate's original: its place in `names`
-            known[dups[lo:hi] - start] = np.searchsorted(wanted, of[lo:hi])
+            originals = _pick(names, np.array(firsts), np.searchsorted(wanted, of[lo:hi]))
+            place = np.zeros(len(ids), np.int64)  # a duplicate's place in `originals`
+            place[dups[lo:hi] - start] = np.arange(hi - lo)
             w.write_table(pa.table({id_col: ids,
                                     "status": pa.array(np.where(is_dup, "rejected", "kept"), pa.string()),
                                     "reason": pa.array(np.full(len(ids), "semantic_duplicate"), pa.string(), mask=~is_dup),
-                                    "dup_of": pa.chunked_array(names, pa.string()).take(pa.array(known, mask=~is_dup))},
-                                   schema=schema))
+                                    "dup_of": originals.take(pa.array(place, mask=~is_dup))}, schema=schema))
             start += len(ids)
     return Counter({"kept": start - len(dups), "rejected:semantic_duplicate": len(dups)})
 
