@@ -477,3 +477,14 @@ def test_balance_with_the_hierarchical_index(work, tmp_path):
     first = {p.name: p.read_bytes() for p in (root / "balance").glob("*.parquet")}
     balance.run(ctx, "another-key")
     assert {p.name: p.read_bytes() for p in (root / "balance").glob("*.parquet")} == first
+
+
+def test_histograms_of_nothing_with_given_bins():
+    """An empty export (e.g. a WARC whose pages yield no image-text pair) still draws its report."""
+    import numpy as np
+
+    from realsyn.report import plots
+
+    fig = plots.histograms({"R1": np.zeros(0)}, "tokens per text", np.arange(0, 5) - 0.5)
+    assert fig.axes[0].get_xlabel() == "tokens per text"
+    assert plots.histograms({}, "x", 10).axes

@@ -16,7 +16,7 @@ def histograms(series: Mapping[str, np.ndarray], xlabel: str, bins: int | np.nda
     fig = Figure(figsize=_SIZE)
     ax = fig.add_subplot()
     values = [np.asarray(v, np.float64) for v in series.values() if len(v)]
-    edges = np.histogram_bin_edges(np.concatenate(values), bins) if values else np.linspace(0, 1, bins + 1)
+    edges = np.histogram_bin_edges(np.concatenate(values) if values else np.zeros(0), bins)  # empty: [0, 1] or the bins given
     for label, v in series.items():
         if len(v):
             ax.hist(v, list(edges), density=True, histtype="stepfilled", alpha=0.45, label=f"{label} (n={len(v):,})")
